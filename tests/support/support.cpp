@@ -1,0 +1,2 @@
+// Anchor translation unit for the test support library.
+#include "support/run.hpp"
