@@ -2,7 +2,10 @@
 add_library(stackemu_options INTERFACE)
 target_compile_options(stackemu_options INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align -Wunused
-  -Woverloaded-virtual -Wnull-dereference -Wformat=2 -Wimplicit-fallthrough
+  -Woverloaded-virtual -Wformat=2 -Wimplicit-fallthrough
+  # GCC 12 misreads Asio's recycling allocator for coroutine frames as mismatched new/delete.
+  # (-Wnull-dereference is left out for the same reason: it fires inside Asio's scheduler.)
+  -Wno-mismatched-new-delete
   -Werror)
 if(STACKEMU_SANITIZE)
   target_compile_options(stackemu_options INTERFACE

@@ -80,9 +80,14 @@ bool error::is_fatal() const {
 }
 
 std::string error::what() const {
-    if (qemu_class.empty() && qemu_desc.empty()) return message;
-    if (message.empty()) return fmt::format("QEMU {}: {}", qemu_class, qemu_desc);
-    return fmt::format("{}: QEMU {}: {}", message, qemu_class, qemu_desc);
+    std::string out = message;
+    auto add = [&out](std::string_view part) {
+        if (!out.empty()) out += ": ";
+        out += part;
+    };
+    if (!qemu_class.empty()) add(fmt::format("QEMU {}", qemu_class));
+    if (!qemu_desc.empty()) add(qemu_desc);
+    return out;
 }
 
 error make_error(errc code, std::string message) {

@@ -86,7 +86,7 @@ TEST_CASE("escaped quotes and backslashes inside strings do not end a message") 
     CHECK(got[1] == R"({"b":"\\\"}"})");
 }
 
-TEST_CASE("a message over the cap gives the cap error, and keeps giving it") {
+TEST_CASE("a message over the cap gives the cap error and keeps giving it") {
     framer f(64);
     f.feed("{\"return\": \"" + std::string(100, 'x'));
     auto next = f.next();

@@ -103,7 +103,8 @@ TEST_CASE("messages of no known shape are protocol errors") {
     }
 }
 
-TEST_CASE("a command is encoded with execute first, arguments, numeric id and a newline") {
+TEST_CASE(
+    "a command is encoded with execute first then arguments then a numeric id and a newline") {
     CHECK(encode_command("query-status", json::object(), 1) ==
           "{\"execute\":\"query-status\",\"id\":1}\n");
     CHECK(encode_command("stop", nullptr, 42) == "{\"execute\":\"stop\",\"id\":42}\n");
