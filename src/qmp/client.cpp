@@ -73,6 +73,11 @@ asio::awaitable<result<void>> session::handshake() {
         co_return fail(why);
     }
 
+    // Bytes after the greeting may already have ended the session (garbage, EOF): report
+    // that, and never move an ended session back to a live phase.
+    if (end_)
+        co_return fail(end_->code,
+                       "the connection ended right after the QMP greeting: " + end_->message);
     phase_ = phase::negotiating;
     json arguments = json::object();
     const bool want_oob = options_.request_oob && greeting_->offers("oob");
@@ -85,7 +90,9 @@ asio::awaitable<result<void>> session::handshake() {
         co_return fail(why);
     }
     oob_ = want_oob;
-    phase_ = phase::running;
+    // The reply may have been followed at once by the end of the connection: the next
+    // command reports it.
+    if (phase_ != phase::ended) phase_ = phase::running;
     co_return result<void>{};
 }
 

@@ -1,0 +1,252 @@
+// `stackemu qmp`: send QMP commands to a monitor and print QEMU's replies as JSON.
+//
+// It talks to the second monitor (monitor.sock), never the controller's, so an ad-hoc session
+// never blocks stackemu itself. --scratch launches a throwaway QEMU (`-M none`) to talk to.
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <asio.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli/output.hpp"
+#include "cli/subcommands.hpp"
+#include "qmp/client.hpp"
+#include "qmp/commands.hpp"
+
+extern char** environ;
+
+namespace stackemu::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct qmp_request {
+    std::string name;
+    json arguments = json::object();
+};
+
+// "query-status", "query-status {}" or a whole {"execute":..., "arguments":...} object.
+result<qmp_request> parse_request(std::string_view text) {
+    auto trimmed = std::string(text);
+    while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back())))
+        trimmed.pop_back();
+    const auto first = trimmed.find_first_not_of(" \t");
+    if (first == std::string::npos) return fail(errc::invalid_argument, "empty command");
+    trimmed.erase(0, first);
+    if (trimmed.front() == '{') {
+        auto whole = json::parse(trimmed, nullptr, false);
+        if (whole.is_discarded() || !whole.is_object() || !whole.contains("execute") ||
+            !whole["execute"].is_string())
+            return fail(
+                errc::invalid_argument,
+                "a JSON command must look like {\"execute\": \"NAME\", \"arguments\": {...}}");
+        qmp_request r{whole["execute"].get<std::string>(),
+                      whole.value("arguments", json::object())};
+        if (!r.arguments.is_object())
+            return fail(errc::invalid_argument, "\"arguments\" must be a JSON object");
+        return r;
+    }
+    const auto space = trimmed.find_first_of(" \t");
+    qmp_request r{trimmed.substr(0, space), json::object()};
+    if (space != std::string::npos) {
+        auto args = json::parse(trimmed.substr(space), nullptr, false);
+        if (args.is_discarded() || !args.is_object())
+            return fail(errc::invalid_argument,
+                        fmt::format("the arguments of {} must be one JSON object, e.g. "
+                                    "'{{\"device\": \"disk0\"}}'",
+                                    r.name));
+        r.arguments = std::move(args);
+    }
+    for (char c : r.name)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_')
+            return fail(
+                errc::invalid_argument,
+                fmt::format("'{}' is not a QMP command name (letters, digits, - and _)", r.name));
+    return r;
+}
+
+// A throwaway `qemu-system-x86_64 -M none` in a private 0700 directory, quit at the end.
+struct scratch_qemu {
+    fs::path dir;
+    std::string socket;
+
+    ~scratch_qemu() {
+        std::error_code ignored;
+        if (!dir.empty()) fs::remove_all(dir, ignored);
+    }
+
+    result<void> launch(const std::string& program) {
+        std::string templ = (fs::temp_directory_path() / "stackemu-scratch-XXXXXX").string();
+        if (!::mkdtemp(templ.data()))
+            return fail(errc::io_error,
+                        fmt::format("cannot create a directory in {}: {}",
+                                    fs::temp_directory_path().string(), std::strerror(errno)));
+        dir = templ;  // mkdtemp makes it 0700
+        socket = (dir / "monitor.sock").string();
+        const std::string log = (dir / "qemu-stderr.log").string();
+        std::vector<std::string> args = {
+            program,     "-M",   "none", "-nodefaults",
+            "-display",  "none", "-qmp", "unix:" + socket + ",server=on,wait=off",
+            "-daemonize"};
+        std::vector<char*> argv;
+        for (auto& a : args)
+            argv.push_back(a.data());
+        argv.push_back(nullptr);
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                         0600);
+        pid_t launcher = -1;
+        const int rc =
+            ::posix_spawnp(&launcher, program.c_str(), &actions, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&actions);
+        if (rc != 0)
+            return fail(errc::spawn_failed,
+                        fmt::format("cannot run {}: {} (scripts/setup installs QEMU)", program,
+                                    std::strerror(rc)));
+        int status = 0;
+        ::waitpid(launcher, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            std::ifstream in(log);
+            std::stringstream text;
+            text << in.rdbuf();
+            return fail(errc::process_failed,
+                        fmt::format("{} did not start: {}", program, text.str()));
+        }
+        return {};
+    }
+};
+
+struct qmp_run {
+    std::string socket;
+    std::vector<qmp_request> requests;
+    bool from_stdin = false;
+    bool pretty = false;
+    bool quit_after = false;  // --scratch: leave nothing behind
+    std::chrono::milliseconds timeout{30000};
+};
+
+void print_reply(const json& value, bool pretty) {
+    std::cout << (pretty ? value.dump(2) : value.dump()) << std::endl;
+}
+
+// Runs the requests in order; returns the exit code. The first failure stops the batch.
+asio::awaitable<int> run_requests(qmp_run job) {
+    const qmp::endpoint ep = qmp::unix_endpoint{job.socket};
+    auto c = co_await qmp::client::connect(ep);
+    if (!c) {
+        auto e = c.error();
+        if (e.code == errc::connect_failed)
+            e.message +=
+                " (is the emulator running? `stackemu status` tells; "
+                "--socket names another monitor)";
+        co_return report("qmp", e);
+    }
+    int code = exit_ok;
+    auto one = [&](const qmp_request& r) -> asio::awaitable<bool> {
+        auto reply = co_await c->execute(r.name, r.arguments, job.timeout);
+        if (!reply) {
+            code = report("qmp", reply.error());
+            co_return false;
+        }
+        print_reply(*reply, job.pretty);
+        co_return true;
+    };
+    for (const auto& r : job.requests)
+        if (!co_await one(r)) break;
+    if (job.from_stdin && code == exit_ok) {
+        std::string line;
+        while (std::getline(std::cin, line)) {
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+            auto r = parse_request(line);
+            if (!r) {
+                code = report("qmp", r.error());
+                break;
+            }
+            if (!co_await one(*r)) break;
+        }
+    }
+    if (job.quit_after) {
+        auto bye = co_await qmp::quit(*c);
+        if (!bye && code == exit_ok) code = report("qmp", bye.error());
+    }
+    co_return code;
+}
+
+}  // namespace
+
+void add_qmp_command(CLI::App& app, std::function<int()>& action) {
+    auto* cmd = app.add_subcommand(
+        "qmp", "Send QMP commands to the emulator's ad-hoc monitor and print the replies as JSON");
+    struct options {
+        std::string socket;
+        std::string command;
+        std::string arguments;
+        bool scratch = false;
+        bool pretty = false;
+        double timeout = 30;
+        std::string qemu = "qemu-system-x86_64";
+    };
+    auto o = std::make_shared<options>();
+    cmd->add_option("COMMAND", o->command,
+                    "QMP command, e.g. query-status; '-' or nothing reads one command per line "
+                    "from stdin (NAME [JSON-ARGS] or a whole {\"execute\":...} object)");
+    cmd->add_option("ARGUMENTS", o->arguments, "the command's arguments as one JSON object");
+    cmd->add_option("--socket", o->socket,
+                    "QMP socket to talk to (default: the instance's monitor.sock)");
+    cmd->add_flag("--scratch", o->scratch,
+                  "launch a throwaway QEMU (-M none) for the session and quit it afterwards");
+    cmd->add_option("--qemu", o->qemu, "QEMU binary for --scratch")->capture_default_str();
+    cmd->add_flag("--pretty", o->pretty, "indent the JSON output");
+    cmd->add_option("--timeout", o->timeout, "seconds to wait for each reply")
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str();
+    cmd->callback([o, &action] {
+        action = [o]() -> int {
+            qmp_run job;
+            job.pretty = o->pretty;
+            job.timeout = std::chrono::milliseconds(static_cast<long>(o->timeout * 1000));
+            if (o->command.empty() || o->command == "-") {
+                if (!o->arguments.empty())
+                    return report("qmp", make_error(errc::invalid_argument,
+                                                    "ARGUMENTS need a COMMAND before them"));
+                job.from_stdin = true;
+            } else {
+                auto r =
+                    parse_request(o->command + (o->arguments.empty() ? "" : " " + o->arguments));
+                if (!r) return report("qmp", r.error()) + 1;  // usage error: exit 2
+                job.requests.push_back(std::move(*r));
+            }
+            scratch_qemu scratch;
+            if (o->scratch) {
+                if (!o->socket.empty())
+                    return report("qmp", make_error(errc::invalid_argument,
+                                                    "--scratch and --socket exclude each other")) +
+                           1;
+                if (auto launched = scratch.launch(o->qemu); !launched)
+                    return report("qmp", launched.error());
+                job.socket = scratch.socket;
+                job.quit_after = true;
+            } else if (!o->socket.empty()) {
+                job.socket = o->socket;
+            } else {
+                job.socket = default_monitor_socket();
+            }
+            asio::io_context ctx;
+            auto done = asio::co_spawn(ctx, run_requests(std::move(job)), asio::use_future);
+            ctx.run();
+            return done.get();
+        };
+    });
+}
+
+}  // namespace stackemu::cli

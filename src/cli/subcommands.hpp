@@ -1,0 +1,15 @@
+// Each subcommand registers itself on the app and, when chosen, sets the action main() runs.
+#pragma once
+
+#include <CLI/App.hpp>
+#include <functional>
+#include <string>
+
+namespace stackemu::cli {
+
+void add_qmp_command(CLI::App& app, std::function<int()>& action);
+
+// The default instance's ad-hoc monitor (upstream's vm/monitor.sock under EMULATOR_RUN_DIR).
+std::string default_monitor_socket();
+
+}  // namespace stackemu::cli

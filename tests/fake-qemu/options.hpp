@@ -1,0 +1,90 @@
+// What a fake QEMU is asked to be: version, guest behaviour, console script and hostile modes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.hpp"
+#include "qemu_json.hpp"
+
+namespace stackemu::fake {
+
+// One step of the fake guest's serial console, `after_ms` after the previous step.
+struct console_step {
+    enum class kind { line, ready, panic, crash, poweroff, reboot };
+    std::chrono::milliseconds after{0};
+    kind what = kind::line;
+    std::string line;           // for kind::line
+    std::optional<value> info;  // for kind::panic: GUEST_PANICKED's optional "info"
+};
+
+struct command_delay {
+    std::string command;
+    std::chrono::milliseconds delay{0};
+};
+
+struct huge_reply {
+    std::string command;
+    std::size_t bytes = 0;
+};
+
+struct options {
+    // Identity.
+    int major = 7;
+    int minor = 2;
+    int micro = 22;
+    std::string package = "Debian 1:7.2+dfsg-7+deb12u18+b3";
+    std::vector<std::string> capabilities{"oob"};
+    std::optional<std::string> name;  // -name; query-name returns {} without it
+    bool kvm_enabled = false;
+    bool kvm_present = false;
+    std::string program_name = "qemu-system-x86_64";  // prefix of error messages
+
+    // Machine and guest.
+    bool start_paused = false;  // -S
+    bool no_shutdown = false;   // -no-shutdown
+    bool no_reboot = false;     // -no-reboot
+    bool cooperative_guest = true;
+    std::chrono::milliseconds powerdown_delay{200};
+    bool firmware_reset = true;  // SeaBIOS's own RESET (guest-reset) after a system_reset
+    std::string panic_action = "shutdown";  // -action panic=: shutdown, pause, none, exit-failure
+    std::optional<bool> pvpanic;            // GUEST_PANICKED only with the device (default on)
+    std::vector<std::string> block_nodes{"disk0"};  // node names snapshots may name
+    std::optional<std::string> state_file;          // snapshot table shared between processes
+    std::vector<console_step> console;
+    std::string http_body = "fake-qemu guest says hello\n";
+
+    // Hostile wire behaviour.
+    bool byte_by_byte = false;
+    bool coalesce = false;
+    bool pretty = false;
+    bool noise = false;
+    bool garbage = false;
+    std::optional<std::string> error_without_id_before;  // command name
+    std::optional<command_delay> delay_reply;
+    std::optional<std::string> never_answer;           // command name
+    std::optional<std::size_t> close_after_messages;   // greeting is message 1
+    std::optional<std::size_t> close_mid_message;      // 1-based message number
+    std::optional<std::string> event_before_greeting;  // event name
+    std::optional<huge_reply> huge;
+    std::optional<value> greeting;  // sent instead of the real greeting
+    bool hang_qmp = false;
+
+    // Process level.
+    bool ignore_sigterm = false;
+    std::optional<std::chrono::milliseconds> crash_after;
+    bool crash_abort = false;                  // crash by SIGABRT instead of exit status 1
+    std::optional<std::string> startup_error;  // "" means: a host forwarding failure
+    bool job_never_concludes = false;
+    std::optional<std::string> job_error;
+};
+
+// Parses the JSON options object; unknown keys are errors so that typos do not pass silently.
+result<options> parse_options(const nlohmann::json& j);
+// From STACKEMU_FAKE_QEMU: a JSON object, or "@/path/to/file.json". Unset: defaults.
+result<options> options_from_environment();
+
+}  // namespace stackemu::fake

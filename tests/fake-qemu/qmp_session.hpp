@@ -1,0 +1,54 @@
+// One client connection to a QMP monitor: greeting, negotiation, commands, events, hostile I/O.
+#pragma once
+
+#include <asio.hpp>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "json_reader.hpp"
+#include "qmp_dispatcher.hpp"
+#include "vm.hpp"
+#include "wire_shaper.hpp"
+
+namespace stackemu::fake {
+
+class qmp_session : public std::enable_shared_from_this<qmp_session> {
+  public:
+    using socket_type = asio::generic::stream_protocol::socket;
+    using logger = std::function<void(const std::string&)>;
+
+    qmp_session(socket_type socket, vm& machine, bool pretty, logger log);
+
+    // Serves the connection until the client leaves, a hostile mode cuts it, or close().
+    asio::awaitable<void> run();
+    // After everything queued is written (quit, guest shutdown): close.
+    void close_after_flush();
+    // At once, dropping what is queued (a crash).
+    void close_now();
+
+  private:
+    void enqueue(std::string bytes);
+    asio::awaitable<void> writer();
+    asio::awaitable<void> write_bytes(std::string_view bytes);
+    asio::awaitable<void> wait_until_read();
+    asio::awaitable<void> process(const json_reader::item& item);
+    void shut();
+
+    socket_type socket_;
+    vm& vm_;
+    const options& options_;
+    logger log_;
+    qmp_dispatcher dispatcher_;
+    wire_shaper shaper_;
+    json_reader reader_;
+    std::deque<std::string> queue_;  // one framed message per entry
+    asio::steady_timer wake_;
+    bool closing_ = false;
+    bool closed_ = false;
+    std::size_t messages_sent_ = 0;
+};
+
+}  // namespace stackemu::fake
