@@ -3,18 +3,16 @@
 #include <cstdlib>
 #include <functional>
 
+#include "cli/instance_options.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 
 namespace stackemu::cli {
 
 std::string default_monitor_socket() {
-    const char* run = std::getenv("EMULATOR_RUN_DIR");
-    const char* home = std::getenv("HOME");
-    std::string dir = run && *run ? run : std::string(home ? home : "") + "/.stack/emulator/run";
-    const char* name = std::getenv("EMULATOR_NAME");
-    if (name && *name) dir += std::string("/instances/") + name;
-    return dir + "/vm/monitor.sock";
+    instance_options defaults;
+    auto inst = resolve_instance(defaults);
+    return inst ? inst->paths.monitor_socket.string() : std::string();
 }
 
 }  // namespace stackemu::cli
@@ -25,7 +23,11 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", "stackemu 0.1.0");
     app.require_subcommand(1);
     std::function<int()> action;
+    add_lifecycle_commands(app, action);
+    add_log_commands(app, action);
     add_qmp_command(app, action);
+    add_bench_command(app, action);
+    add_doctor_command(app, action);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

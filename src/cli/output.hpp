@@ -1,6 +1,7 @@
 // How every subcommand reports: errors on stderr as "stackemu: <what>", a fixed exit code.
 #pragma once
 
+#include <asio.hpp>
 #include <string_view>
 
 #include "common/error.hpp"
@@ -14,5 +15,18 @@ inline constexpr int exit_usage = 2;  // bad command line (CLI11 also uses this.
 
 // Prints "stackemu <command>: <message>" to stderr and returns exit_error.
 int report(std::string_view command, const error& e);
+
+// Runs one coroutine on a fresh io_context to the end: each command is one such run.
+template <typename T>
+T run_on_context(asio::awaitable<T> task) {
+    asio::io_context ctx;
+    auto fut = asio::co_spawn(ctx, std::move(task), asio::use_future);
+    ctx.run();
+    return fut.get();
+}
+
+// This process's peak resident set in KiB (VmHWM: unlike getrusage, not inflated by the
+// memory of whatever exec'd us), for --json outputs and benchmarks.
+long peak_rss_kib();
 
 }  // namespace stackemu::cli

@@ -2,11 +2,7 @@
 //
 // It talks to the second monitor (monitor.sock), never the controller's, so an ad-hoc session
 // never blocks stackemu itself. --scratch launches a throwaway QEMU (`-M none`) to talk to.
-#include <fcntl.h>
-#include <spawn.h>
 #include <stdlib.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -18,10 +14,9 @@
 
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
+#include "lifecycle/process.hpp"
 #include "qmp/client.hpp"
 #include "qmp/commands.hpp"
-
-extern char** environ;
 
 namespace stackemu::cli {
 namespace {
@@ -92,36 +87,11 @@ struct scratch_qemu {
                                     fs::temp_directory_path().string(), std::strerror(errno)));
         dir = templ;  // mkdtemp makes it 0700
         socket = (dir / "monitor.sock").string();
-        const std::string log = (dir / "qemu-stderr.log").string();
-        std::vector<std::string> args = {
-            program,     "-M",   "none", "-nodefaults",
-            "-display",  "none", "-qmp", "unix:" + socket + ",server=on,wait=off",
-            "-daemonize"};
-        std::vector<char*> argv;
-        for (auto& a : args)
-            argv.push_back(a.data());
-        argv.push_back(nullptr);
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                         0600);
-        pid_t launcher = -1;
-        const int rc =
-            ::posix_spawnp(&launcher, program.c_str(), &actions, nullptr, argv.data(), environ);
-        posix_spawn_file_actions_destroy(&actions);
-        if (rc != 0)
-            return fail(errc::spawn_failed,
-                        fmt::format("cannot run {}: {} (scripts/setup installs QEMU)", program,
-                                    std::strerror(rc)));
-        int status = 0;
-        ::waitpid(launcher, &status, 0);
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            std::ifstream in(log);
-            std::stringstream text;
-            text << in.rdbuf();
-            return fail(errc::process_failed,
-                        fmt::format("{} did not start: {}", program, text.str()));
-        }
+        auto launched = lifecycle::launch_daemonized(
+            {program, "-M", "none", "-nodefaults", "-display", "none", "-qmp",
+             "unix:" + socket + ",server=on,wait=off", "-daemonize"},
+            (dir / "qemu-stderr.log").string());
+        if (!launched) return fail(launched.error());
         return {};
     }
 };

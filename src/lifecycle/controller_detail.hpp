@@ -1,0 +1,22 @@
+// Internals shared by the controller's commands (start, stop, status).
+#pragma once
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lifecycle/instance_paths.hpp"
+
+namespace stackemu::lifecycle::detail {
+
+nlohmann::json read_state(const instance_paths& paths);
+void write_state(const instance_paths& paths, const nlohmann::json& state);
+// Merges `changes` into state.json (atomically replaced).
+void update_state(const instance_paths& paths, const nlohmann::json& changes);
+void append_event(const instance_paths& paths, const nlohmann::json& record);
+std::string now_iso8601();
+double ms_since(std::chrono::steady_clock::time_point t0);
+// Removes socket files a dead QEMU left behind (a clean QEMU removes its own).
+void remove_sockets(const instance_paths& paths);
+
+}  // namespace stackemu::lifecycle::detail

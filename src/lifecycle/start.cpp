@@ -1,0 +1,505 @@
+// `start`: launch QEMU with its CPUs stopped, connect QMP and the serial console, `cont`, and
+// let the state machine decide from events, console lines, the agent and the probes. No
+// sleeps: every wait is on an event or a deadline.
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <asio.hpp>
+#include <fstream>
+#include <sstream>
+
+#include "lifecycle/accel_probe.hpp"
+#include "lifecycle/console_scanner.hpp"
+#include "lifecycle/controller.hpp"
+#include "lifecycle/controller_detail.hpp"
+#include "lifecycle/files.hpp"
+#include "lifecycle/http_probe.hpp"
+#include "lifecycle/instance_lock.hpp"
+#include "lifecycle/process.hpp"
+#include "lifecycle/qemu_argv.hpp"
+#include "lifecycle/stop_ladder.hpp"
+#include "lifecycle/vm_process.hpp"
+#include "qmp/commands.hpp"
+#include "qmp/qga.hpp"
+
+namespace stackemu::lifecycle {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// The overlay records the base build it sits on; another build means a new overlay
+// (upstream compared only size and mtime: defect 10).
+result<void> ensure_overlay(const instance_paths& paths, const provision::manifest& m,
+                            const progress_sink& say) {
+    const fs::path record = paths.vm_dir / "overlay.json";
+    std::error_code ec;
+    if (fs::exists(paths.disk, ec)) {
+        auto text = read_file(record);
+        json j = text ? json::parse(*text, nullptr, false) : json();
+        if (j.is_object() && j.value("build_id", "") == m.build_id &&
+            j.value("base", "") == m.disk.string())
+            return {};
+        const std::string old = j.is_object() ? j.value("build_id", "unknown") : "unknown";
+        if (say)
+            say(fmt::format("the image changed (build {} -> {}): recreating the overlay {}", old,
+                            m.build_id, paths.disk.string()));
+    }
+    const fs::path tmp = paths.disk.string() + ".new";
+    fs::remove(tmp, ec);
+    auto made = run_tool({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                          m.disk.string(), tmp.string()});
+    if (!made) return fail(made.error());
+    if (made->exit_code != 0)
+        return fail(
+            errc::process_failed,
+            fmt::format("qemu-img could not create the overlay {}: {}", tmp.string(), made->err));
+    ::chmod(tmp.c_str(), 0600);
+    fs::rename(tmp, paths.disk, ec);
+    if (ec) return fail(errc::io_error, "cannot put the overlay in place: " + ec.message());
+    return write_file_atomically(
+        record, json{{"build_id", m.build_id}, {"base", m.disk.string()}}.dump(2) + "\n", 0600);
+}
+
+// A taken host port fails QEMU anyway; checking first gives the name of the setting.
+result<void> check_ports_free(const std::vector<resolved_forward>& forwards) {
+    for (const auto& f : forwards)
+        if (host_port_in_use(f.host_port))
+            return fail(
+                errc::busy,
+                fmt::format("host port {} (the {} forward) is already in use on 127.0.0.1: "
+                            "stop what uses it, or choose another port{}",
+                            f.host_port, f.name, f.setting.empty() ? "" : " with " + f.setting));
+    return {};
+}
+
+fs::path cache_dir() {
+    if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return fs::path(x) / "stackemu";
+    const char* home = std::getenv("HOME");
+    return fs::path(home ? home : "/tmp") / ".cache" / "stackemu";
+}
+
+std::string tail_of_file(const fs::path& p, std::size_t max_bytes = 4096) {
+    auto text = read_file(p);
+    if (!text) return {};
+    return text->size() > max_bytes ? text->substr(text->size() - max_bytes) : *text;
+}
+
+// Everything the concurrent watchers of one start share. Lives as long as any watcher.
+struct start_run : std::enable_shared_from_this<start_run> {
+    start_run(asio::any_io_executor ex, readiness_profile rp, instance_paths p)
+        : profile(std::move(rp)),
+          paths(std::move(p)),
+          done(ex, clock_type::time_point::max()),
+          deadline(ex),
+          serial(ex),
+          prober(ex) {}
+
+    readiness_profile profile;
+    instance_paths paths;
+    vm_machine machine;
+    console_scanner scanner;
+    asio::steady_timer done;
+    asio::steady_timer deadline;
+    asio::local::stream_protocol::socket serial;
+    http_prober prober;
+    progress_sink progress;
+    bool echo_console = false;
+    clock_type::time_point t0 = clock_type::now();
+    std::vector<phase_time> phases;
+    bool finished = false;
+    bool ready = false;
+    bool qemu_alive = true;
+    std::optional<report_failure> failure;
+    bool first_byte_seen = false;
+
+    void mark(std::string name) { phases.push_back({std::move(name), detail::ms_since(t0)}); }
+
+    void feed(const vm_input& in) {
+        if (finished) return;
+        auto t = step(profile, machine, in);
+        machine = std::move(t.next);
+        qemu_alive = machine.qemu_alive;
+        for (auto& a : t.actions) {
+            if (std::holds_alternative<report_ready>(a)) {
+                ready = true;
+            } else if (auto* f = std::get_if<report_failure>(&a)) {
+                failure = *f;
+                mark("failure_detected");
+            } else if (auto* r = std::get_if<record_event>(&a)) {
+                detail::append_event(paths,
+                                     json{{"record", r->what}, {"at", detail::now_iso8601()}});
+            } else if (auto* s = std::get_if<report_stopped>(&a)) {
+                if (!ready && !failure)
+                    failure =
+                        report_failure{cause::guest_shutdown,
+                                       s->clean ? "the guest powered itself off before it was ready"
+                                                : "QEMU exited before the VM was ready"};
+            }
+        }
+        if (t.why == cause::readiness || t.why == cause::ready) {
+            // Name the condition just met, for the phase breakdown.
+        }
+        const bool terminal = machine.state == vm_state::failed ||
+                              machine.state == vm_state::crashed ||
+                              machine.state == vm_state::stopped;
+        if (ready || failure || terminal) finish();
+    }
+
+    void finish() {
+        if (finished) return;
+        finished = true;
+        done.cancel();
+        deadline.cancel();
+        std::error_code ignored;
+        serial.close(ignored);
+    }
+};
+
+asio::awaitable<void> watch_console(std::shared_ptr<start_run> run) {
+    std::array<char, 8192> buf;
+    while (!run->finished) {
+        std::error_code ec;
+        std::size_t n = co_await run->serial.async_read_some(
+            asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec || run->finished) co_return;
+        if (!run->first_byte_seen) {
+            run->first_byte_seen = true;
+            run->mark("first_console_byte");
+        }
+        for (auto& line : run->scanner.feed(std::string_view(buf.data(), n))) {
+            if (run->echo_console && run->progress) run->progress("guest: " + line.text);
+            const bool was_seen = run->machine.flags.marker_seen;
+            console_line input{line.text};
+            run->feed(input);
+            if (!was_seen && run->machine.flags.marker_seen) run->mark("ready_marker");
+        }
+    }
+}
+
+asio::awaitable<void> watch_events(std::shared_ptr<start_run> run, qmp::event_subscription events) {
+    while (!run->finished) {
+        auto ev = co_await events.next(24h);
+        if (!ev) {
+            if (ev.error().code == errc::timeout) continue;
+            qmp_eof eof{false};
+            run->feed(eof);
+            co_return;
+        }
+        detail::append_event(run->paths, json{{"event", ev->name},
+                                              {"data", ev->data},
+                                              {"seconds", ev->seconds},
+                                              {"microseconds", ev->microseconds}});
+        qmp_event input{ev->name, ev->data};
+        run->feed(input);
+    }
+}
+
+asio::awaitable<void> watch_agent(std::shared_ptr<start_run> run) {
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer pause(ex);
+    qmp::qga::client_options o;
+    o.connect_timeout = 1000ms;
+    o.sync_timeout = 1000ms;
+    o.command_timeout = 2000ms;
+    const qmp::endpoint ep = qmp::unix_endpoint{run->paths.qga_socket.string()};
+    while (!run->finished) {
+        auto agent = co_await qmp::qga::client::connect(ep, o);
+        if (agent) {
+            auto pong = co_await qmp::qga::ping(*agent);
+            if (pong && !run->finished) {
+                run->mark("agent_up");
+                agent_answered input;
+                run->feed(input);
+                co_return;
+            }
+        }
+        pause.expires_after(200ms);
+        std::error_code ignored;
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+}
+
+asio::awaitable<bool> probe_until_healthy(std::shared_ptr<start_run> run, std::string url) {
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer pause(ex);
+    auto wait = 25ms;
+    while (!run->finished) {
+        auto answer = co_await run->prober.get(url, 2000ms);
+        if (answer && answer->status >= 200 && answer->status < 400) co_return true;
+        if (run->finished) co_return false;
+        pause.expires_after(wait);
+        std::error_code ignored;
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+        wait = std::min<std::chrono::milliseconds>(wait * 2, 500ms);
+    }
+    co_return false;
+}
+
+asio::awaitable<void> watch_probes(std::shared_ptr<start_run> run, std::vector<std::string> urls) {
+    for (const auto& url : urls)
+        if (!co_await probe_until_healthy(run, url)) co_return;
+    if (run->finished) co_return;
+    run->mark("probes_healthy");
+    all_probes_healthy input;
+    run->feed(input);
+}
+
+asio::awaitable<void> watch_deadline(std::shared_ptr<start_run> run, std::chrono::seconds limit) {
+    run->deadline.expires_after(limit);
+    std::error_code ec;
+    co_await run->deadline.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || run->finished) co_return;
+    // The state machine appends what is still missing.
+    std::string what = fmt::format("ready within {} s (EMULATOR_READY_TIMEOUT)", limit.count());
+    deadline_passed input{what};
+    run->feed(input);
+}
+
+void spawn_watcher(asio::any_io_executor ex, asio::awaitable<void> task) {
+    asio::co_spawn(ex, std::move(task), asio::detached);
+}
+
+}  // namespace
+
+asio::awaitable<result<start_outcome>> start(start_request req) {
+    auto ex = co_await asio::this_coro::executor;
+    const auto t0 = clock_type::now();
+    const auto& s = req.inst.config;
+    const auto& paths = req.inst.paths;
+    auto say = [&](std::string_view line) {
+        if (req.progress) req.progress(line);
+    };
+    start_outcome out;
+
+    for (const auto& dir : {s.run_dir, paths.instance_dir, paths.vm_dir, paths.socket_dir})
+        if (auto made = ensure_private_dir(dir); !made) co_return fail(made.error());
+
+    auto lock = try_acquire(paths.lock.string(), "start");
+    if (!lock) co_return fail(lock.error());
+
+    const std::string qemu = detail::qemu_binary_for(s);
+    std::error_code ec;
+    if (fs::exists(paths.qmp_socket, ec)) {
+        auto vm = co_await detail::connect_vm(paths, qemu, 3000ms);
+        if (vm) {
+            out.already_running = true;
+            out.pid = vm->process->pid();
+            auto st = co_await qmp::query_status(*vm->qmp);
+            out.ready = st && st->running;
+            out.failure = st ? "" : st.error().what();
+            co_return out;
+        }
+        if (vm.error().code != errc::connect_failed) co_return fail(vm.error());
+        detail::remove_sockets(paths);
+        say("removed the stale sockets of a QEMU that had exited without a clean shutdown");
+    }
+
+    const fs::path image =
+        req.image.value_or(provision::default_image(s.image_dir, to_string(s.guest_arch)));
+    auto m = provision::load_manifest(image);
+    if (!m) co_return fail(m.error());
+    auto image_arch = parse_architecture(m->arch);
+    if (!image_arch) co_return fail(image_arch.error());
+    if (*image_arch != s.guest_arch)
+        co_return fail(
+            errc::invalid_argument,
+            fmt::format("the image {} is for {}, but EMULATOR_ARCH/--arch is {}: pick the "
+                        "image for {} or set the architecture to {}",
+                        image.string(), m->arch, to_string(s.guest_arch), to_string(s.guest_arch),
+                        m->arch));
+    if (auto made = ensure_overlay(paths, *m, say); !made) co_return fail(made.error());
+
+    const auto forwards = resolve_forwards(m->prof, s);
+    if (auto free = check_ports_free(forwards); !free) co_return fail(free.error());
+
+    const auto host = host_facts::current();
+    accel_probe_inputs probe_in;
+    probe_in.mode = s.accel;
+    probe_in.guest = s.guest_arch;
+    probe_in.host = host.arch.value_or(s.guest_arch);
+    probe_in.qemu_binary = qemu;
+    probe_in.kernel =
+        m->kernel_boot ? std::optional<fs::path>(m->kernel_boot->kernel) : host_kernel_for_probe();
+    probe_in.cache_file = cache_dir() / "accel-verdicts.json";
+    auto accel = co_await choose_accelerator(probe_in);
+    if (!accel) co_return fail(accel.error());
+    out.accel_reason = accel->reason;
+    say("accelerator: " + accel->reason);
+
+    vm_spec spec;
+    spec.qemu_binary = qemu;
+    spec.guest_arch = s.guest_arch;
+    spec.host_arch = probe_in.host;
+    spec.accel = accel->accel;
+    spec.cpus = s.cpus;
+    spec.ram_mib = s.ram_mib;
+    spec.name = paths.display_name();
+    spec.overlay = paths.disk;
+    if (m->kernel_boot) {
+        std::string cmdline = m->kernel_boot->cmdline;
+        if (!req.extra_cmdline.empty()) cmdline += " " + req.extra_cmdline;
+        spec.boot = kernel_boot{m->kernel_boot->kernel, m->kernel_boot->initrd, cmdline};
+    } else if (s.guest_arch == architecture::arm64) {
+        auto fw = find_uefi_firmware(default_uefi_firmware_candidates(),
+                                     [](const fs::path& p) { return fs::exists(p); });
+        if (!fw) co_return fail(fw.error());
+        spec.boot = firmware_boot{*fw};
+    } else {
+        spec.boot = firmware_boot{};
+    }
+    for (const auto& f : forwards)
+        spec.forwards.push_back({f.host_port, f.guest_port});
+    spec.files = files_of(paths);
+    const auto argv = build_qemu_argv(spec);
+
+    std::vector<std::string> probe_urls;
+    for (const auto& p : m->prof.probes)
+        for (const auto& f : forwards)
+            if (f.name == p.forward)
+                probe_urls.push_back(fmt::format("http://127.0.0.1:{}{}", f.host_port, p.path));
+
+    detail::write_state(paths, json{{"state", "launching"},
+                                    {"instance", paths.display_name()},
+                                    {"started_at", detail::now_iso8601()},
+                                    {"image", image.string()},
+                                    {"build_id", m->build_id},
+                                    {"profile", m->prof.name},
+                                    {"accel", to_string(accel->accel)},
+                                    {"accel_reason", accel->reason},
+                                    {"agent", m->prof.agent},
+                                    {"probes", probe_urls},
+                                    {"argv", argv}});
+    detail::append_event(paths, json{{"record", "start"}, {"at", detail::now_iso8601()}});
+
+    readiness_profile rp;
+    rp.ready_marker = m->prof.ready_marker;
+    rp.failure_markers = m->prof.failure_markers;
+    rp.requires_agent = m->prof.agent;
+    rp.requires_probes = !probe_urls.empty();
+    auto run = std::make_shared<start_run>(ex, rp, paths);
+    run->progress = req.progress;
+    run->echo_console = req.echo_console;
+    run->t0 = t0;
+    launch_requested launch_in;
+    run->feed(launch_in);
+
+    say("launching QEMU");
+    launch_context context;
+    for (const auto& f : forwards)
+        context.forwards.push_back({f.host_port, f.setting});
+    launch_options launch_opts;
+    launch_opts.context = context;
+    auto launched = launch_daemonized(argv, paths.qemu_stderr_log.string(), launch_opts);
+    run->mark("spawn");
+    if (!launched) {
+        // With -daemonize and -D, QEMU writes its setup errors to the -D log, not stderr.
+        std::string text = tail_of_file(paths.qemu_stderr_log) + tail_of_file(paths.qemu_log);
+        out.why = cause::launch_failed;
+        out.failure = launched.error().code == errc::process_failed
+                          ? explain_launcher_failure(text, context)
+                          : launched.error().what();
+        out.phases = run->phases;
+        out.total_ms = detail::ms_since(t0);
+        detail::remove_sockets(paths);
+        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+        co_return out;
+    }
+
+    // QEMU's daemon sets its own umask (027): tighten what it created to 0600. The 0700
+    // directory already keeps others out; this keeps the files right if it is ever moved.
+    for (const auto& p : {paths.qmp_socket, paths.monitor_socket, paths.serial_socket,
+                          paths.qga_socket, paths.serial_log, paths.qemu_log})
+        ::chmod(p.c_str(), 0600);
+
+    auto vm = co_await detail::connect_vm(paths, qemu, 5000ms);
+    if (!vm) {
+        out.why = cause::launch_failed;
+        out.failure = "QEMU started but its QMP socket did not answer: " + vm.error().what();
+        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+        co_return out;
+    }
+    out.pid = vm->process->pid();
+    run->mark("qmp_greeting");
+    detail::update_state(paths, json{{"pid", *out.pid}});
+
+    // Console and events are connected before the CPUs run: nothing the guest prints is missed.
+    {
+        std::error_code serial_ec;
+        const asio::local::stream_protocol::endpoint serial_ep(paths.serial_socket.string());
+        run->serial.connect(serial_ep, serial_ec);
+        if (serial_ec)
+            say("cannot read the serial console (" + serial_ec.message() +
+                "); markers will be missed");
+    }
+    auto events = vm->qmp->subscribe();
+    spawn_watcher(ex, watch_events(run, std::move(events)));
+    spawn_watcher(ex, watch_console(run));
+    spawn_watcher(ex, watch_deadline(run, s.ready_timeout));
+
+    qmp_connected connected_in;
+    run->feed(connected_in);
+    auto cont = co_await qmp::cont(*vm->qmp);
+    if (!cont && !run->finished) {
+        run->failure = report_failure{cause::launch_failed,
+                                      "QEMU refused to run the CPUs: " + cont.error().what()};
+        run->finish();
+    }
+    say("guest booting");
+    if (rp.requires_agent) spawn_watcher(ex, watch_agent(run));
+    if (!probe_urls.empty()) spawn_watcher(ex, watch_probes(run, probe_urls));
+
+    if (!run->finished) {
+        std::error_code ignored;
+        co_await run->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+
+    out.phases = run->phases;
+    out.total_ms = detail::ms_since(t0);
+    if (run->ready) {
+        out.ready = true;
+        detail::update_state(paths, json{{"state", "ready"},
+                                         {"ready_at", detail::now_iso8601()},
+                                         {"ready_ms", out.total_ms},
+                                         {"failure", nullptr}});
+        detail::append_event(paths, json{{"record", "ready"}, {"at", detail::now_iso8601()}});
+        vm->qmp->close();
+        co_return out;
+    }
+
+    const auto failure =
+        run->failure.value_or(report_failure{cause::none, "the start ended without a verdict"});
+    out.why = failure.why;
+    out.failure = failure.reason;
+    const auto& lines = run->scanner.last_lines();
+    out.last_lines.assign(lines.begin(), lines.end());
+    detail::append_event(
+        paths,
+        json{{"record", "start failed"}, {"cause", out.failure}, {"at", detail::now_iso8601()}});
+    if (vm->qmp->is_open() && req.keep_on_failure) {
+        out.vm_kept = true;
+        detail::update_state(paths,
+                             json{{"state", "failed"}, {"failure", out.failure}, {"kept", true}});
+        vm->qmp->close();
+        co_return out;
+    }
+    detail::ladder_inputs ladder;
+    ladder.paths = paths;
+    ladder.qmp = vm->qmp.get();
+    ladder.process = vm->process.get();
+    ladder.progress = req.progress;
+    ladder.skip_guest_rung = true;
+    (void)co_await detail::run_ladder(ladder);
+    run->mark("failed_vm_stopped");
+    out.phases = run->phases;
+    out.total_ms = detail::ms_since(t0);
+    detail::remove_sockets(paths);
+    detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+    co_return out;
+}
+
+}  // namespace stackemu::lifecycle

@@ -1,0 +1,327 @@
+// `stop`: the escalation ladder. The guest's own shutdown first (agent, else ACPI power
+// button), so its databases close cleanly; then `quit`; then SIGTERM and SIGKILL, sent only
+// to the process verified through the QMP socket.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <asio.hpp>
+#include <cstring>
+
+#include "lifecycle/controller.hpp"
+#include "lifecycle/controller_detail.hpp"
+#include "lifecycle/instance_lock.hpp"
+#include "lifecycle/qemu_argv.hpp"
+#include "lifecycle/stop_ladder.hpp"
+#include "lifecycle/vm_process.hpp"
+#include "qmp/client.hpp"
+#include "qmp/commands.hpp"
+#include "qmp/qga.hpp"
+
+namespace stackemu::lifecycle {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+
+namespace detail {
+
+connected_vm::connected_vm() = default;
+connected_vm::connected_vm(connected_vm&&) noexcept = default;
+connected_vm& connected_vm::operator=(connected_vm&&) noexcept = default;
+connected_vm::~connected_vm() = default;
+
+std::string qemu_binary_for(const settings& s) {
+    return s.qemu.empty() ? std::string(default_qemu_binary(s.guest_arch)) : s.qemu;
+}
+
+asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
+    stop_outcome out;
+    out.was_running = true;
+    const auto t_all = clock_type::now();
+    auto say = [&](std::string_view line) {
+        if (in.progress) in.progress(line);
+    };
+    auto& c = *in.qmp;
+    qmp::event_filter filter;
+    filter.names = {"SHUTDOWN", "POWERDOWN"};
+    auto events = c.subscribe(filter);
+
+    // Waits for the process to go; SHUTDOWN alone is not enough, the overlay is closed by exit.
+    auto gone_within = [&](std::chrono::milliseconds budget) -> asio::awaitable<bool> {
+        co_return co_await in.process->wait_exit(budget);
+    };
+
+    if (!in.skip_guest_rung) {
+        // A paused guest cannot see the power button: run its CPUs first.
+        auto st = co_await qmp::query_status(c);
+        if (st && st->status == "paused") (void)co_await qmp::cont(c);
+
+        const auto t0 = clock_type::now();
+        std::string rung = "powerdown";
+        bool asked = false;
+        if (in.agent_socket) {
+            qmp::qga::client_options qo;
+            qo.connect_timeout = 1000ms;
+            qo.sync_timeout = 1500ms;
+            qo.no_reply_grace = 300ms;
+            const qmp::endpoint ep = qmp::unix_endpoint{in.agent_socket->string()};
+            auto agent = co_await qmp::qga::client::connect(ep, qo);
+            if (agent) {
+                auto sent = co_await qmp::qga::shutdown(*agent, "powerdown");
+                if (sent) {
+                    asked = true;
+                    rung = "agent-shutdown";
+                    say("asked the guest agent to shut the guest down");
+                }
+            }
+        }
+        if (!asked) {
+            auto pd = co_await qmp::system_powerdown(c);
+            if (pd) {
+                asked = true;
+                say("pressed the ACPI power button (system_powerdown)");
+            }
+        }
+        if (asked) {
+            // SHUTDOWN(guest-shutdown) then exit, within the budget.
+            auto shutdown = co_await events.wait_for(
+                [](const qmp::event& e) { return e.name == "SHUTDOWN"; }, in.first_rung_budget);
+            bool guest_clean = false;
+            const auto t_shutdown = clock_type::now();
+            if (shutdown) {
+                guest_clean = shutdown->data.value("guest", false);
+                append_event(in.paths, json{{"event", shutdown->name},
+                                            {"data", shutdown->data},
+                                            {"seconds", shutdown->seconds},
+                                            {"microseconds", shutdown->microseconds}});
+            }
+            // EOF (disconnected) without SHUTDOWN still means the process may be going.
+            const bool exited = co_await gone_within(shutdown ? 10000ms : 2000ms);
+            out.rungs.push_back({rung, ms_since(t0)});
+            if (exited && shutdown) out.exit_after_shutdown_ms = ms_since(t_shutdown);
+            if (exited) {
+                out.clean = guest_clean;
+                out.rung = rung;
+                out.total_ms = ms_since(t_all);
+                co_return out;
+            }
+            say(fmt::format("the guest did not shut down within {} s; quitting QEMU",
+                            in.first_rung_budget.count() / 1000.0));
+        }
+    }
+
+    {
+        const auto t0 = clock_type::now();
+        auto q = co_await qmp::quit(c, 5000ms);
+        const bool exited = co_await gone_within(q ? 10000ms : 3000ms);
+        out.rungs.push_back({"quit", ms_since(t0)});
+        if (exited) {
+            out.rung = "quit";
+            out.total_ms = ms_since(t_all);
+            co_return out;
+        }
+        say("QEMU did not quit; sending SIGTERM");
+    }
+    {
+        const auto t0 = clock_type::now();
+        (void)in.process->signal(SIGTERM);
+        const bool exited = co_await gone_within(5000ms);
+        out.rungs.push_back({"sigterm", ms_since(t0)});
+        if (exited) {
+            out.rung = "sigterm";
+            out.total_ms = ms_since(t_all);
+            co_return out;
+        }
+        say("QEMU ignored SIGTERM; sending SIGKILL");
+    }
+    const auto t0 = clock_type::now();
+    (void)in.process->signal(SIGKILL);
+    (void)co_await gone_within(5000ms);
+    out.rungs.push_back({"sigkill", ms_since(t0)});
+    out.rung = "sigkill";
+    out.total_ms = ms_since(t_all);
+    co_return out;
+}
+
+asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
+                                                 std::chrono::milliseconds timeout) {
+    qmp::client_options o;
+    o.connect_timeout = timeout;
+    o.greeting_timeout = timeout;
+    const qmp::endpoint ep = qmp::unix_endpoint{paths.qmp_socket.string()};
+    auto c = co_await qmp::client::connect(ep, o);
+    if (!c) co_return fail(c.error());
+    auto pid = c->peer_pid();
+    if (!pid) co_return fail(errc::internal, "cannot read the QMP peer's process id");
+    auto proc = verify_peer(*pid, qemu_binary);
+    if (!proc) co_return fail(proc.error());
+    connected_vm vm;
+    vm.qmp = std::make_unique<qmp::client>(std::move(*c));
+    vm.process = std::make_unique<verified_process>(std::move(*proc));
+    co_return vm;
+}
+
+asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
+                                                         std::string qemu_binary) {
+    auto vm = co_await connect_vm(paths, qemu_binary, 2000ms);
+    // A QEMU that is dying may accept and then drop the connection: look again until it either
+    // answers or refuses, so a kill -9 in progress reads as a crash.
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer pause(ex);
+    for (int attempt = 0; attempt < 10 && !vm && vm.error().code == errc::disconnected; ++attempt) {
+        pause.expires_after(100ms);
+        std::error_code ignored;
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+        vm = co_await connect_vm(paths, qemu_binary, 2000ms);
+    }
+    co_return vm;
+}
+
+}  // namespace detail
+
+namespace {
+
+// A QEMU whose monitor accepts but never answers (its main loop is wedged): neither the guest
+// rung nor `quit` can reach it, so SIGTERM, then SIGKILL, to the process behind the socket
+// (SO_PEERCRED, verified as for a QMP connection).
+asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, std::string qemu,
+                                                        progress_sink progress) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) co_return fail(errc::io_error, "cannot create a socket");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const auto path = paths.qmp_socket.native();
+    std::memcpy(addr.sun_path, path.c_str(), std::min(path.size(), sizeof addr.sun_path - 1));
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    const bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                           ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+                           cred.pid > 0;
+    ::close(fd);
+    if (!connected)
+        co_return fail(errc::connect_failed, "cannot reach the process behind the QMP socket");
+    auto proc = verify_peer(cred.pid, qemu);
+    if (!proc) co_return fail(proc.error());
+    stop_outcome out;
+    out.was_running = true;
+    const auto t_all = clock_type::now();
+    if (progress) progress("QEMU's monitor does not answer; sending SIGTERM");
+    for (const int sig : {SIGTERM, SIGKILL}) {
+        const auto t0 = clock_type::now();
+        (void)proc->signal(sig);
+        const bool exited = co_await proc->wait_exit(5000ms);
+        out.rung = sig == SIGTERM ? "sigterm" : "sigkill";
+        out.rungs.push_back({out.rung, detail::ms_since(t0)});
+        if (exited) break;
+        if (sig == SIGTERM && progress) progress("QEMU ignored SIGTERM; sending SIGKILL");
+    }
+    out.total_ms = detail::ms_since(t_all);
+    co_return out;
+}
+
+// The stop itself; the caller holds the instance lock.
+asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
+    const auto& paths = req.inst.paths;
+
+    std::error_code ec;
+    if (!std::filesystem::exists(paths.qmp_socket, ec)) {
+        stop_outcome out;
+        out.rung = "none";
+        out.note = "not running";
+        detail::update_state(paths, json{{"state", "stopped"}});
+        co_return out;
+    }
+    auto vm = co_await detail::connect_vm_settled(paths, detail::qemu_binary_for(req.inst.config));
+    if (!vm) {
+        if (vm.error().code == errc::connect_failed || vm.error().code == errc::disconnected) {
+            // The socket file outlived its QEMU: it was killed without a clean exit.
+            detail::remove_sockets(paths);
+            stop_outcome out;
+            out.rung = "none";
+            out.note =
+                "QEMU had already exited without a clean shutdown (crashed); removed its "
+                "stale sockets";
+            detail::update_state(paths, json{{"state", "crashed"}});
+            co_return out;
+        }
+        // No greeting or no answer to qmp_capabilities while we hold the lock: QEMU is hung.
+        if (vm.error().code != errc::timeout) co_return fail(vm.error());
+        auto forced = co_await stop_unresponsive(paths, detail::qemu_binary_for(req.inst.config),
+                                                 req.progress);
+        if (!forced) co_return forced;
+        detail::remove_sockets(paths);
+        detail::update_state(paths, json{{"state", "stopped"},
+                                         {"stopped_at", detail::now_iso8601()},
+                                         {"stop_rung", forced->rung},
+                                         {"stop_clean", false}});
+        co_return forced;
+    }
+    detail::ladder_inputs in;
+    in.paths = paths;
+    in.qmp = vm->qmp.get();
+    in.process = vm->process.get();
+    in.progress = req.progress;
+    in.first_rung_budget = req.first_rung_budget.value_or(
+        std::chrono::duration_cast<std::chrono::milliseconds>(req.inst.config.stop_timeout));
+    auto saved = detail::read_state(paths);
+    if (saved.value("agent", false)) in.agent_socket = paths.qga_socket;
+    detail::update_state(paths, json{{"state", "stopping"}});
+    auto out = co_await detail::run_ladder(in);
+    detail::remove_sockets(paths);
+    detail::update_state(paths, json{{"state", "stopped"},
+                                     {"stopped_at", detail::now_iso8601()},
+                                     {"stop_rung", out.rung},
+                                     {"stop_clean", out.clean}});
+    co_return out;
+}
+
+}  // namespace
+
+asio::awaitable<result<stop_outcome>> stop(stop_request req) {
+    auto lock = try_acquire(req.inst.paths.lock.string(), req.operation);
+    if (!lock) co_return fail(lock.error());
+    co_return co_await stop_locked(std::move(req));
+}
+
+asio::awaitable<result<stop_outcome>> reset(stop_request req) {
+    const auto paths = req.inst.paths;
+    auto lock = try_acquire(paths.lock.string(), "reset");
+    if (!lock) co_return fail(lock.error());
+    auto stopped = co_await stop_locked(std::move(req));
+    if (!stopped) co_return stopped;
+    // The overlay and what describes it go; logs and the events record stay for diagnosis.
+    std::error_code ec;
+    for (const auto& p : {paths.disk, paths.vm_dir / "overlay.json", paths.state}) {
+        std::filesystem::remove(p, ec);
+        if (ec)
+            co_return fail(errc::io_error,
+                           fmt::format("cannot remove {}: {}", p.string(), ec.message()));
+    }
+    co_return stopped;
+}
+
+asio::awaitable<result<void>> set_paused(instance inst, bool paused) {
+    const auto& paths = inst.paths;
+    auto lock = try_acquire(paths.lock.string(), paused ? "pause" : "resume");
+    if (!lock) co_return fail(lock.error());
+    std::error_code ec;
+    if (!std::filesystem::exists(paths.qmp_socket, ec))
+        co_return fail(errc::wrong_state, "the emulator is not running: `stackemu start` first");
+    auto vm = co_await detail::connect_vm(paths, detail::qemu_binary_for(inst.config), 3000ms);
+    if (!vm) co_return fail(vm.error());
+    result<void> done;
+    if (paused)
+        done = co_await qmp::stop(*vm->qmp);
+    else
+        done = co_await qmp::cont(*vm->qmp);
+    if (!done) co_return fail(done.error());
+    detail::update_state(paths, json{{"paused", paused}});
+    detail::append_event(
+        paths, json{{"record", paused ? "paused" : "resumed"}, {"at", detail::now_iso8601()}});
+    co_return result<void>{};
+}
+
+}  // namespace stackemu::lifecycle

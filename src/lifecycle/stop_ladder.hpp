@@ -1,0 +1,52 @@
+// The stop ladder and the verified connection to a running VM, shared by stop and start.
+#pragma once
+
+#include <asio/awaitable.hpp>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "lifecycle/controller.hpp"
+#include "qmp/client.hpp"
+
+namespace stackemu::lifecycle {
+class verified_process;
+}
+
+namespace stackemu::lifecycle::detail {
+
+// A QMP connection to the instance's controller socket and the process behind it, verified
+// by the socket's peer credentials (never a PID file).
+struct connected_vm {
+    std::unique_ptr<qmp::client> qmp;
+    std::unique_ptr<verified_process> process;
+    connected_vm();
+    connected_vm(connected_vm&&) noexcept;
+    connected_vm& operator=(connected_vm&&) noexcept;
+    ~connected_vm();
+};
+asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
+                                                 std::chrono::milliseconds timeout);
+
+// connect_vm, retried while a dying QEMU accepts and drops connections (up to about 1 s).
+asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
+                                                         std::string qemu_binary);
+
+// EMULATOR_QEMU, else qemu-system-<arch>.
+std::string qemu_binary_for(const settings& s);
+
+struct ladder_inputs {
+    instance_paths paths;
+    qmp::client* qmp = nullptr;
+    verified_process* process = nullptr;
+    progress_sink progress;
+    std::chrono::milliseconds first_rung_budget{90000};
+    std::optional<std::filesystem::path> agent_socket;  // try guest-shutdown first
+    bool skip_guest_rung = false;                       // a failed VM: straight to quit
+};
+// Runs the rungs until the process is gone; never fails (the last rung is SIGKILL).
+asio::awaitable<stop_outcome> run_ladder(ladder_inputs in);
+
+}  // namespace stackemu::lifecycle::detail

@@ -1,0 +1,73 @@
+// An image is a qcow2 disk plus this manifest (JSON beside it): how to boot it and what
+// "ready" means for the services inside (the profile).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.hpp"
+
+namespace stackemu::provision {
+
+inline constexpr int manifest_format = 1;
+
+// One host->guest TCP forward. `name` ties it to a host port setting: dashboard, backend,
+// minio and inbucket take EMULATOR_<NAME>_PORT; other names use host_default.
+struct forward {
+    std::string name;
+    std::uint16_t guest_port = 0;
+    std::optional<std::uint16_t> host_default;
+};
+
+// An HTTP GET through a forward's host port that must answer 2xx/3xx for "ready".
+struct probe {
+    std::string name;
+    std::string forward;  // a forward's name
+    std::string path;     // starts with '/'
+};
+
+struct profile {
+    std::string name;
+    std::vector<forward> forwards;
+    std::vector<probe> probes;
+    std::string ready_marker;  // empty: none
+    std::vector<std::string> failure_markers;
+    bool agent = false;  // the guest agent must answer before "ready"
+};
+
+struct kernel_files {
+    std::filesystem::path kernel;  // absolute once loaded
+    std::filesystem::path initrd;
+    std::string cmdline;
+};
+
+struct manifest {
+    int format = manifest_format;
+    std::string arch;                         // amd64 | arm64
+    std::filesystem::path disk;               // the base qcow2, absolute once loaded
+    std::optional<kernel_files> kernel_boot;  // nullopt: boot through the firmware
+    profile prof;
+    std::string base_source;
+    std::string base_sha256;
+    std::string build_id;  // the overlay records it; a different build recreates the overlay
+    std::string stackemu_version;
+    std::string created;
+};
+
+// Parses and checks a manifest's text; relative paths resolve against `dir`. Errors name the
+// field and say what is expected.
+result<manifest> parse_manifest(std::string_view text, const std::filesystem::path& dir);
+std::string to_json_text(const manifest& m, const std::filesystem::path& dir);
+
+// The manifest of an image: IMAGE.json beside IMAGE.qcow2, or the .json named directly. Also
+// checks that the files it names exist.
+result<manifest> load_manifest(const std::filesystem::path& image_or_manifest);
+
+// <image_dir>/stack-emulator-<arch>.qcow2, upstream's name for the built image.
+std::filesystem::path default_image(const std::filesystem::path& image_dir, std::string_view arch);
+
+}  // namespace stackemu::provision

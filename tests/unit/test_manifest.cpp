@@ -1,0 +1,90 @@
+// The image manifest: what a valid one gives, and a clear error for each kind of damage.
+#include <catch2/catch.hpp>
+
+#include "provision/manifest.hpp"
+
+using namespace stackemu;
+using namespace stackemu::provision;
+
+namespace {
+
+const char* valid = R"({
+  "format": 1, "arch": "amd64", "disk": "img.qcow2",
+  "boot": {"mode": "kernel", "kernel": "vmlinux", "initrd": "initrd.img", "cmdline": "console=ttyS0"},
+  "profile": {"name": "test", "forwards": [{"name": "backend", "guest": 8102}, {"name": "web", "guest": 80, "host_default": 8080}],
+              "probes": [{"name": "health", "forward": "backend", "path": "/health"}],
+              "ready_marker": "READY", "failure_markers": ["FAILED"], "agent": true},
+  "base": {"source": "debian", "sha256": "ab"}, "build_id": "b1", "stackemu_version": "0.1.0", "created": "now"
+})";
+
+std::string with(std::string text, const std::string& from, const std::string& to) {
+    auto at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    return text.replace(at, from.size(), to);
+}
+
+}  // namespace
+
+TEST_CASE("a valid manifest resolves its paths against its directory") {
+    auto m = parse_manifest(valid, "/images");
+    REQUIRE(m);
+    CHECK(m->arch == "amd64");
+    CHECK(m->disk == "/images/img.qcow2");
+    REQUIRE(m->kernel_boot);
+    CHECK(m->kernel_boot->kernel == "/images/vmlinux");
+    CHECK(m->kernel_boot->cmdline == "console=ttyS0");
+    CHECK(m->prof.forwards.size() == 2);
+    CHECK(m->prof.forwards[1].host_default == 8080);
+    CHECK(m->prof.probes[0].path == "/health");
+    CHECK(m->prof.agent);
+    CHECK(m->build_id == "b1");
+}
+
+TEST_CASE("a manifest survives a round trip through its JSON text") {
+    auto m = parse_manifest(valid, "/images");
+    REQUIRE(m);
+    auto again = parse_manifest(to_json_text(*m, "/images"), "/images");
+    REQUIRE(again);
+    CHECK(again->disk == m->disk);
+    CHECK(again->prof.probes.size() == m->prof.probes.size());
+    CHECK(again->kernel_boot->initrd == m->kernel_boot->initrd);
+}
+
+TEST_CASE("damaged manifests are refused with the field named") {
+    struct bad_case {
+        std::string text;
+        std::string mentions;
+    };
+    const std::vector<bad_case> cases = {
+        {"not json", "not a JSON object"},
+        {"[]", "not a JSON object"},
+        {with(valid, R"("format": 1)", R"("format": 2)"), "format"},
+        {with(valid, R"("arch": "amd64")", R"("arch": "sparc")"), "arch"},
+        {with(valid, R"("disk": "img.qcow2")", R"("disk": "")"), "disk"},
+        {with(valid, R"("mode": "kernel")", R"("mode": "floppy")"), "boot.mode"},
+        {with(valid, R"("guest": 8102)", R"("guest": 70000)"), "guest"},
+        {with(valid, R"("forward": "backend")", R"("forward": "nope")"),
+         "profile.probes[].forward"},
+        {with(valid, R"("path": "/health")", R"("path": "health")"), "profile.probes[].path"},
+        {with(valid, R"("ready_marker": "READY")", R"("ready_marker": "A\nB")"), "ready_marker"},
+        {with(valid, R"("build_id": "b1")", R"("build_id": "")"), "build_id"},
+        {with(valid, R"("agent": true)", R"("agent": "yes")"), "profile.agent"},
+        {with(valid, R"({"name": "web", "guest": 80, "host_default": 8080})",
+              R"({"name": "backend", "guest": 80})"),
+         "twice"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.text);
+        auto m = parse_manifest(c.text, "/images");
+        REQUIRE_FALSE(m);
+        CHECK(m.error().code == errc::invalid_argument);
+        CHECK_THAT(m.error().message, Catch::Contains(c.mentions));
+    }
+}
+
+TEST_CASE("loading a missing image says how to get one") {
+    auto m = load_manifest("/nonexistent/stack-emulator-amd64.qcow2");
+    REQUIRE_FALSE(m);
+    CHECK(m.error().code == errc::not_found);
+    CHECK_THAT(m.error().message, Catch::Contains("build-image"));
+}
