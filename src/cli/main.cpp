@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
     add_qmp_command(app, action);
     add_bench_command(app, action);
     add_doctor_command(app, action);
+    add_pull_command(app, action);
+    add_snapshot_commands(app, action);
+    add_exec_commands(app, action);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

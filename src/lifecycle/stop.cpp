@@ -180,10 +180,6 @@ asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
     co_return vm;
 }
 
-}  // namespace detail
-
-namespace {
-
 // A QEMU whose monitor accepts but never answers (its main loop is wedged): neither the guest
 // rung nor `quit` can reach it, so SIGTERM, then SIGKILL, to the process behind the socket
 // (SO_PEERCRED, verified as for a QMP connection).
@@ -214,13 +210,17 @@ asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, st
         (void)proc->signal(sig);
         const bool exited = co_await proc->wait_exit(5000ms);
         out.rung = sig == SIGTERM ? "sigterm" : "sigkill";
-        out.rungs.push_back({out.rung, detail::ms_since(t0)});
+        out.rungs.push_back({out.rung, ms_since(t0)});
         if (exited) break;
         if (sig == SIGTERM && progress) progress("QEMU ignored SIGTERM; sending SIGKILL");
     }
-    out.total_ms = detail::ms_since(t_all);
+    out.total_ms = ms_since(t_all);
     co_return out;
 }
+
+}  // namespace detail
+
+namespace {
 
 // The stop itself; the caller holds the instance lock.
 asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
@@ -249,8 +249,8 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
         }
         // No greeting or no answer to qmp_capabilities while we hold the lock: QEMU is hung.
         if (vm.error().code != errc::timeout) co_return fail(vm.error());
-        auto forced = co_await stop_unresponsive(paths, detail::qemu_binary_for(req.inst.config),
-                                                 req.progress);
+        auto forced = co_await detail::stop_unresponsive(
+            paths, detail::qemu_binary_for(req.inst.config), req.progress);
         if (!forced) co_return forced;
         detail::remove_sockets(paths);
         detail::update_state(paths, json{{"state", "stopped"},

@@ -34,6 +34,11 @@ asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::stri
 asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
                                                          std::string qemu_binary);
 
+// For a QEMU whose monitor does not answer: the process behind the QMP socket (SO_PEERCRED,
+// verified), ended with SIGTERM, then SIGKILL.
+asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, std::string qemu,
+                                                        progress_sink progress);
+
 // EMULATOR_QEMU, else qemu-system-<arch>.
 std::string qemu_binary_for(const settings& s);
 

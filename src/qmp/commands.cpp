@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace stackemu::qmp {
 
 namespace {
@@ -16,6 +18,23 @@ result<void> discard(result<json> r) {
 std::unexpected<error> malformed(std::string_view command, const json& value) {
     return fail(errc::protocol_error,
                 fmt::format("unexpected reply to {}: {:.200}", command, value.dump()));
+}
+
+// json::value() throws on a member of another type (or a non-object): these never do.
+std::string string_member(const json& j, const char* key) {
+    if (!j.is_object()) return {};
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+std::int64_t integer_member(const json& j, const char* key) {
+    if (!j.is_object()) return 0;
+    auto it = j.find(key);
+    return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : 0;
+}
+
+// A JOB_STATUS_CHANGE of `job_id` reaching `status`.
+bool job_event_is(const event& ev, const std::string& job_id, std::string_view status) {
+    return string_member(ev.data, "id") == job_id && string_member(ev.data, "status") == status;
 }
 
 }  // namespace
@@ -57,10 +76,11 @@ asio::awaitable<result<std::vector<job_info>>> query_jobs(client& c) {
             co_return malformed("query-jobs", *r);
         job_info info;
         info.id = j["id"].get<std::string>();
-        info.type = j.value("type", "");
-        info.status = j.value("status", "");
-        info.current_progress = j.value("current-progress", std::int64_t{0});
-        info.total_progress = j.value("total-progress", std::int64_t{0});
+        // Typed reads that never throw: a member of another type reads as absent.
+        info.type = string_member(j, "type");
+        info.status = string_member(j, "status");
+        info.current_progress = integer_member(j, "current-progress");
+        info.total_progress = integer_member(j, "total-progress");
         if (auto e = j.find("error"); e != j.end() && e->is_string())
             info.error = e->get<std::string>();
         jobs.push_back(std::move(info));
@@ -118,17 +138,33 @@ asio::awaitable<result<void>> run_job(client& c, std::string command, json argum
     if (!accepted) co_return fail(accepted.error());
 
     auto concluded = co_await sub.wait_for(
-        [&](const event& ev) {
-            return ev.data.value("id", "") == job_id && ev.data.value("status", "") == "concluded";
-        },
-        left());
+        [&](const event& ev) { return job_event_is(ev, job_id, "concluded"); }, left());
     if (!concluded) {
-        if (concluded.error().code != errc::timeout) co_return fail(concluded.error());
-        // Best effort: do not leave a job running behind a reported failure.
+        if (concluded.error().code != errc::timeout) {
+            auto e = concluded.error();
+            e.message = fmt::format(
+                "the connection to QEMU ended before the {} job '{}' concluded, so its outcome is "
+                "unknown: {}",
+                command, job_id, e.message);
+            co_return fail(std::move(e));
+        }
+        // Do not leave a job running behind a reported failure: cancel it, and once it has
+        // concluded (promptly, if QEMU can cancel it at all), dismiss it.
         json cancel_args = {{"id", job_id}};
-        (void)co_await c.execute("job-cancel", std::move(cancel_args), milliseconds(2000));
-        co_return fail(errc::timeout, fmt::format("{} job '{}' did not conclude within {} ms",
-                                                  command, job_id, timeout.count()));
+        auto cancelled =
+            co_await c.execute("job-cancel", std::move(cancel_args), milliseconds(2000));
+        std::string after = "it could not be cancelled and may still finish";
+        if (cancelled) {
+            auto gone = co_await sub.wait_for(
+                [&](const event& ev) { return job_event_is(ev, job_id, "concluded"); },
+                milliseconds(2000));
+            if (gone) {
+                auto dismissed = co_await job_dismiss(c, job_id);
+                if (dismissed) after = "it was cancelled";
+            }
+        }
+        co_return fail(errc::timeout, fmt::format("{} job '{}' did not conclude within {} ms; {}",
+                                                  command, job_id, timeout.count(), after));
     }
 
     std::optional<std::string> job_error;
@@ -141,6 +177,50 @@ asio::awaitable<result<void>> run_job(client& c, std::string command, json argum
         co_return fail(error{errc::job_failed, fmt::format("{} failed", command), {}, *job_error});
     if (!dismissed) co_return fail(dismissed.error());
     co_return result<void>{};
+}
+
+result<std::vector<snapshot_info>> parse_snapshot_list(const json& list) {
+    if (!list.is_array())
+        return fail(errc::protocol_error,
+                    fmt::format("a snapshot list is not an array: {:.200}", list.dump()));
+    std::vector<snapshot_info> out;
+    for (const auto& s : list) {
+        if (!s.is_object() || !s.contains("name") || !s["name"].is_string())
+            return fail(errc::protocol_error,
+                        fmt::format("a snapshot entry without a name: {:.200}", s.dump()));
+        snapshot_info info;
+        info.id = string_member(s, "id");
+        info.name = s["name"].get<std::string>();
+        info.vm_state_size = static_cast<std::uint64_t>(
+            std::max<std::int64_t>(0, integer_member(s, "vm-state-size")));
+        info.date_sec = integer_member(s, "date-sec");
+        info.date_nsec = integer_member(s, "date-nsec");
+        info.vm_clock_sec = integer_member(s, "vm-clock-sec");
+        info.vm_clock_nsec = integer_member(s, "vm-clock-nsec");
+        out.push_back(std::move(info));
+    }
+    return out;
+}
+
+asio::awaitable<result<std::vector<snapshot_info>>> query_snapshots(client& c,
+                                                                    std::string node_name) {
+    // No "flat": QEMU before 5.0 does not know it; the backing images' details are ignored.
+    auto r = co_await c.execute("query-named-block-nodes");
+    if (!r) co_return fail(r.error());
+    if (!r->is_array()) co_return malformed("query-named-block-nodes", *r);
+    for (const auto& node : *r) {
+        if (string_member(node, "node-name") != node_name) continue;
+        auto image = node.find("image");
+        if (image == node.end() || !image->is_object())
+            co_return malformed("query-named-block-nodes", node);
+        // QEMU leaves "snapshots" out when there are none.
+        auto snaps = image->find("snapshots");
+        if (snaps == image->end()) co_return std::vector<snapshot_info>{};
+        co_return parse_snapshot_list(*snaps);
+    }
+    co_return fail(
+        errc::not_found,
+        fmt::format("QEMU has no block node named '{}' (query-named-block-nodes)", node_name));
 }
 
 namespace {

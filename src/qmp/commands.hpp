@@ -60,8 +60,28 @@ asio::awaitable<result<void>> snapshot_delete(client& c, std::string tag,
                                               std::vector<std::string> devices,
                                               milliseconds timeout);
 
-// The generic form behind the three above: `command` must take a "job-id" argument.
+// The generic form behind the three above: `command` must take a "job-id" argument. A
+// disconnect before `concluded` keeps its code (errc::disconnected): the job's outcome is then
+// unknown. A job cancelled at the deadline is waited for briefly and dismissed.
 asio::awaitable<result<void>> run_job(client& c, std::string command, json arguments,
                                       std::string job_id, milliseconds timeout);
+
+// One internal snapshot of a block node, as QEMU lists it (SnapshotInfo).
+struct snapshot_info {
+    std::string id;
+    std::string name;
+    std::uint64_t vm_state_size = 0;  // 0: a disk-only snapshot (no RAM or device state)
+    std::int64_t date_sec = 0;        // host wall clock when taken
+    std::int64_t date_nsec = 0;
+    std::int64_t vm_clock_sec = 0;  // the guest's running time when taken
+    std::int64_t vm_clock_nsec = 0;
+};
+// Parses a SnapshotInfo list, as in QMP's ImageInfo.snapshots and `qemu-img info
+// --output=json`. Pure.
+result<std::vector<snapshot_info>> parse_snapshot_list(const json& list);
+// The internal snapshots of the block node `node_name`, from query-named-block-nodes;
+// errc::not_found when QEMU has no node of that name.
+asio::awaitable<result<std::vector<snapshot_info>>> query_snapshots(client& c,
+                                                                    std::string node_name);
 
 }  // namespace stackemu::qmp

@@ -193,6 +193,15 @@ std::optional<std::string> agent::file(const std::string& path) const {
     if (it == files_.end()) return std::nullopt;
     return it->second;
 }
+void agent::remove_file(const std::string& path) {
+    files_.erase(path);
+}
+std::vector<std::string> agent::file_names() const {
+    std::vector<std::string> names;
+    for (const auto& [path, contents] : files_)
+        names.push_back(path);
+    return names;
+}
 void agent::on_shutdown(std::function<void(const std::string& mode)> callback) {
     on_shutdown_ = std::move(callback);
 }

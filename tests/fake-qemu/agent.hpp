@@ -82,6 +82,8 @@ class agent {
     void add_program(std::string path, program p);
     void set_file(std::string path, std::string contents);
     std::optional<std::string> file(const std::string& path) const;
+    void remove_file(const std::string& path);
+    std::vector<std::string> file_names() const;
     // Called with the mode when guest-shutdown is accepted (e.g. the fake QEMU emits SHUTDOWN).
     void on_shutdown(std::function<void(const std::string& mode)> callback);
     // The guest's clock, in ns since the epoch (host clock plus what guest-set-time changed).

@@ -23,13 +23,13 @@ namespace {
 
 using namespace stackemu::fake;
 
-std::string program = "qemu-system-x86_64";
+std::string program_name = "qemu-system-x86_64";
 
 // The pidfile this process wrote: QEMU removes it on any exit, an error exit included.
 std::string own_pidfile;
 
 [[noreturn]] void die(const std::string& message) {
-    std::fprintf(stderr, "%s: %s\n", program.c_str(), message.c_str());
+    std::fprintf(stderr, "%s: %s\n", program_name.c_str(), message.c_str());
     if (!own_pidfile.empty()) ::unlink(own_pidfile.c_str());
     std::exit(1);
 }
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
     auto opts = options_from_environment();
     if (!opts) die(opts.error().message);
-    program = opts->program_name;
+    program_name = opts->program_name;
     auto cfg = parse_command_line(args);
     if (!cfg) die(cfg.error().message);
     if (cfg->version) {
@@ -102,9 +102,10 @@ int main(int argc, char** argv) {
         if (message.empty()) {
             message =
                 cfg->forwards.empty()
-                    ? fmt::format("{}: startup error requested by STACKEMU_FAKE_QEMU", program)
-                    : fmt::format("{}: {}: Could not set up host forwarding rule '{}'", program,
-                                  cfg->forwards.front().netdev, cfg->forwards.front().rule);
+                    ? fmt::format("{}: startup error requested by STACKEMU_FAKE_QEMU", program_name)
+                    : fmt::format("{}: {}: Could not set up host forwarding rule '{}'",
+                                  program_name, cfg->forwards.front().netdev,
+                                  cfg->forwards.front().rule);
         }
         if (!message.ends_with('\n')) message += '\n';
         std::fputs(message.c_str(), stderr);
@@ -202,8 +203,9 @@ int main(int argc, char** argv) {
         }
     }
     // Other server chardevs accept and stay mute, like an unused chardev in QEMU.
+    std::vector<int> mute;
     for (const auto& [id, fd] : chardev_listeners)
-        agents.push_back(fd);
+        mute.push_back(fd);
 
     if (ready_fd >= 0) {
         const int null = ::open("/dev/null", O_RDWR);
@@ -233,12 +235,14 @@ int main(int argc, char** argv) {
     if (serial_listen >= 0 || serial_log >= 0) srv.adopt_serial(serial_listen, serial_log);
     for (int fd : agents)
         srv.adopt_agent_listener(fd);
+    for (int fd : mute)
+        srv.adopt_mute_listener(fd);
     for (auto [fd, port] : forwards)
         srv.adopt_http_forward(fd, port);
 
     signals.async_wait([&](std::error_code ec, int signo) {
         if (ec) return;
-        std::fprintf(stderr, "%s: terminating on signal %d\n", program.c_str(), signo);
+        std::fprintf(stderr, "%s: terminating on signal %d\n", program_name.c_str(), signo);
         srv.host_signal();
     });
     exit_status status;

@@ -203,6 +203,7 @@ result<options> parse_options(const json& j) {
              return {};
          }},
         {"http_body", str(o.http_body, "http_body")},
+        {"agent", flag(o.agent, "agent")},
         {"byte_by_byte", flag(o.byte_by_byte, "byte_by_byte")},
         {"coalesce", flag(o.coalesce, "coalesce")},
         {"pretty", flag(o.pretty, "pretty")},
@@ -277,6 +278,13 @@ result<options> parse_options(const json& j) {
              return {};
          }},
         {"hang_qmp", flag(o.hang_qmp, "hang_qmp")},
+        {"hang_qmp_after_ms",
+         [&o](const json& v) -> result<void> {
+             auto n = get_count(v, "hang_qmp_after_ms");
+             if (!n) return fail(n.error());
+             o.hang_qmp_after = std::chrono::milliseconds(*n);
+             return {};
+         }},
         {"ignore_sigterm", flag(o.ignore_sigterm, "ignore_sigterm")},
         {"crash_after_ms",
          [&o](const json& v) -> result<void> {

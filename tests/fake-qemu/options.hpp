@@ -56,6 +56,9 @@ struct options {
     std::optional<std::string> state_file;          // snapshot table shared between processes
     std::vector<console_step> console;
     std::string http_body = "fake-qemu guest says hello\n";
+    // A guest agent (qemu-ga) runs in the guest: it answers on the agent channel while the
+    // guest is up (after the console's ready step; at once without one) and its CPUs run.
+    bool agent = true;
 
     // Hostile wire behaviour.
     bool byte_by_byte = false;
@@ -72,6 +75,9 @@ struct options {
     std::optional<huge_reply> huge;
     std::optional<value> greeting;  // sent instead of the real greeting
     bool hang_qmp = false;
+    // QEMU's main loop wedges this long after the guest is ready (after start when the console
+    // has no ready step): the monitor still greets new clients, but no command is answered.
+    std::optional<std::chrono::milliseconds> hang_qmp_after;
 
     // Process level.
     bool ignore_sigterm = false;

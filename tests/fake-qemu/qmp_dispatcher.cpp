@@ -245,6 +245,42 @@ result<value> qmp_dispatcher::execute(const std::string& command, const value& a
         if (!r) return fail(r.error());
         return value::object();
     }
+    if (command == "query-named-block-nodes") {
+        // BlockDeviceInfo, trimmed to what a snapshot lister reads: node-name, drv, ro and the
+        // qcow2 image's snapshots (left out when there are none, as QEMU does).
+        if (auto r = no_arguments(); !r) return fail(r.error());
+        value list = value::array();
+        for (const auto& node : o.block_nodes) {
+            value image = value::object();
+            image["filename"] = node + ".qcow2";
+            image["format"] = "qcow2";
+            image["virtual-size"] = std::int64_t{268435456};
+            const auto snaps = vm_.snapshots();
+            if (!snaps.empty()) {
+                value infos = value::array();
+                for (const auto& s : snaps) {
+                    value info = value::object();  // SnapshotInfo's field order
+                    info["id"] = "--";
+                    info["name"] = s.tag;
+                    info["vm-state-size"] = static_cast<std::int64_t>(s.vm_state_size);
+                    info["date-sec"] = s.date_sec;
+                    info["date-nsec"] = std::int64_t{0};
+                    info["vm-clock-sec"] = s.vm_clock_nsec / 1000000000;
+                    info["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000;
+                    infos.push_back(std::move(info));
+                }
+                image["snapshots"] = std::move(infos);
+            }
+            value info = value::object();
+            info["file"] = node + ".qcow2";
+            info["node-name"] = node;
+            info["ro"] = false;
+            info["drv"] = "qcow2";
+            info["image"] = std::move(image);
+            list.push_back(std::move(info));
+        }
+        return list;
+    }
     if (command == "human-monitor-command") {
         const auto line = args.required_string("command-line");
         const auto cpu = args.optional_int("cpu-index");

@@ -171,11 +171,12 @@ asio::awaitable<void> qmp_session::run() {
     while (!closed_) {
         auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer), tuple);
         if (ec) break;
-        if (options_.hang_qmp || closing_) continue;
+        // hang_qmp_after_ms: the main loop is wedged, the monitor's own thread still reads.
+        if (vm_.qmp_hung() || closing_) continue;
         items.clear();
         reader_.feed(std::string_view(buffer.data(), n), items);
         for (const auto& item : items) {
-            if (closed_ || closing_) break;
+            if (closed_ || closing_ || vm_.qmp_hung()) break;
             co_await process(item);
             // Let work the command posted (a job's later transitions) run before the next
             // command, as QEMU's main loop does between two in-band commands.

@@ -16,6 +16,12 @@ server::server(asio::any_io_executor executor, options opts)
       vm_(std::make_unique<vm>(executor_, std::move(opts))),
       exit_signal_(executor_, asio::steady_timer::time_point::max()) {
     vm_->on_exit([this](exit_status s) { begin_exit(s); });
+    if (vm_->config().agent) {
+        agent_link_ = std::make_unique<guest_agent_link>(executor_, *vm_);
+        agent_handler_ = [link = agent_link_.get()](agent_channel::socket_type& s) {
+            return link->serve(s);
+        };
+    }
 }
 
 server::~server() {
@@ -24,6 +30,8 @@ server::~server() {
     for (auto& c : consoles_)
         c.shutdown();
     for (auto& a : agents_)
+        a.shutdown();
+    for (auto& a : mute_channels_)
         a.shutdown();
     for (auto& f : forwards_)
         f.shutdown();
@@ -88,6 +96,11 @@ void server::adopt_agent_listener(int listen_fd) {
     if (started_) agents_.back().start();
 }
 
+void server::adopt_mute_listener(int listen_fd) {
+    mute_channels_.emplace_back(executor_, listen_fd);
+    if (started_) mute_channels_.back().start();
+}
+
 result<void> server::listen_agent(const std::string& path) {
     auto fd = listen_unix(path);
     if (!fd) return fail(fd.error());
@@ -122,6 +135,8 @@ void server::start() {
     for (auto& m : monitors_)
         m.start();
     for (auto& a : agents_)
+        a.start();
+    for (auto& a : mute_channels_)
         a.start();
     for (auto& f : forwards_)
         f.start();
@@ -158,6 +173,8 @@ void server::begin_exit(exit_status status) {
     for (auto& c : consoles_)
         c.shutdown();
     for (auto& a : agents_)
+        a.shutdown();
+    for (auto& a : mute_channels_)
         a.shutdown();
     for (auto& f : forwards_)
         f.shutdown();

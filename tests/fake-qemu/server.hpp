@@ -11,6 +11,7 @@
 
 #include "agent_channel.hpp"
 #include "common/error.hpp"
+#include "guest_agent_link.hpp"
 #include "http_forward.hpp"
 #include "options.hpp"
 #include "qmp_monitor.hpp"
@@ -45,10 +46,15 @@ class server {
     void adopt_serial(int listen_fd, int log_fd);
     result<void> listen_serial(const std::string& path,
                                const std::optional<std::string>& logfile = std::nullopt);
-    // Guest-agent channel, and what serves its connections (default: accept and stay mute).
+    // Guest-agent channel, and what serves its connections: by default the fake guest's agent
+    // (see guest_agent_link), which answers once the guest is up; with the "agent": false
+    // option, or for a mute chardev, a channel that accepts and stays mute.
     void adopt_agent_listener(int listen_fd);
+    void adopt_mute_listener(int listen_fd);
     result<void> listen_agent(const std::string& path);
     void set_agent_handler(agent_channel::handler h);
+    // The fake guest's agent (nullptr with "agent": false): programs, files, hostile modes.
+    agent* guest_agent() { return agent_link_ ? &agent_link_->guest_agent() : nullptr; }
     // hostfwd=tcp:HOST:PORT-:GUEST_PORT.
     void adopt_http_forward(int listen_fd, int guest_port);
     result<void> forward_http(const std::string& host, int port, int guest_port);
@@ -76,6 +82,8 @@ class server {
     std::list<qmp_monitor> monitors_;
     std::list<serial_console> consoles_;
     std::list<agent_channel> agents_;
+    std::list<agent_channel> mute_channels_;
+    std::unique_ptr<guest_agent_link> agent_link_;
     std::list<http_forward> forwards_;
     agent_channel::handler agent_handler_;
     std::function<void(const std::string&)> log_;

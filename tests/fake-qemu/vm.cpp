@@ -191,21 +191,41 @@ void vm::vm_start() {
 
 void vm::boot() {
     ++generation_;
-    if (guest_ready_) {
+    if (guest_ready_ || guest_up_) {
         guest_ready_ = false;
+        guest_up_ = false;
         notify_changes();
     }
     std::chrono::nanoseconds at{0};
+    bool ready_step = false;
     for (const auto& step : options_.console) {
         at += step.after;
+        ready_step = ready_step || step.what == console_step::kind::ready;
         schedule(at, [this, step] { run_console_step(step); });
     }
+    // A guest without a ready step counts as booted at once.
+    if (!ready_step) guest_booted();
+}
+
+void vm::guest_booted() {
+    if (!guest_up_) {
+        guest_up_ = true;
+        notify_changes();
+    }
+    if (!options_.hang_qmp_after || hang_timer_ || qmp_hung_) return;
+    hang_timer_.emplace(executor_, *options_.hang_qmp_after);
+    hang_timer_->async_wait([this](std::error_code ec) {
+        if (ec) return;
+        qmp_hung_ = true;
+        notify_changes();
+    });
 }
 
 void vm::guest_off() {
     ++generation_;
-    if (guest_ready_) {
+    if (guest_ready_ || guest_up_) {
         guest_ready_ = false;
+        guest_up_ = false;
         notify_changes();
     }
 }
@@ -241,7 +261,9 @@ void vm::request_exit(exit_status status, bool now) {
         if (exited_) return;
         exited_ = true;
         guest_ready_ = false;
+        guest_up_ = false;
         wake_.cancel();
+        if (hang_timer_) hang_timer_->cancel();
         for (auto& sink : exit_sinks_)
             sink(status);
         auto sinks = change_sinks_;
@@ -315,6 +337,19 @@ void vm::crash(bool by_abort) {
     request_exit(exit_status{by_abort ? 0 : 1, by_abort ? SIGABRT : 0, true}, true);
 }
 
+void vm::agent_shutdown(std::string_view mode) {
+    if (!options_.cooperative_guest || state_ == run_state::shutdown || exited_) return;
+    // qemu-ga runs shutdown(8): the guest takes its time, as with the power button.
+    if (mode == "reboot") {
+        schedule(options_.powerdown_delay, [this] { guest_reboot(); });
+    } else if (mode == "halt") {
+        // Halted, not powered off: QEMU hears nothing and keeps running a dead guest.
+        schedule(options_.powerdown_delay, [this] { guest_off(); });
+    } else {
+        schedule(options_.powerdown_delay, [this] { guest_shutdown("guest-shutdown"); });
+    }
+}
+
 void vm::guest_shutdown(std::string_view reason) {
     emit("SHUTDOWN", shutdown_data(true, reason));
     guest_off();
@@ -368,6 +403,7 @@ void vm::run_console_step(const console_step& step) {
         case console_step::kind::ready:
             guest_ready_ = true;
             notify_changes();
+            guest_booted();
             break;
         case console_step::kind::panic:
             guest_panic(step.info);

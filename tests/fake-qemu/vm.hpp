@@ -63,6 +63,11 @@ class vm {
     run_state state() const { return state_; }
     bool running() const { return state_ == run_state::running; }
     bool guest_ready() const { return guest_ready_; }
+    // The guest has booted (the console's ready step, or at once without one) and is still
+    // up: its agent runs (and answers while the CPUs run).
+    bool guest_up() const { return guest_up_ && !exited_; }
+    // hang_qmp, or hang_qmp_after_ms has passed: QMP commands are not answered.
+    bool qmp_hung() const { return options_.hang_qmp || qmp_hung_; }
     bool exited() const { return exited_; }
     // Guest running time in nanoseconds (QEMU's virtual clock).
     std::int64_t guest_clock_ns() const;
@@ -89,6 +94,10 @@ class vm {
     void host_signal();
     // Exit at once without flushing anything (crash_after_ms, the "crash" console action).
     void crash(bool by_abort);
+    // guest-shutdown through the agent, acted on after powerdown_delay unless cooperative_guest
+    // is false: powerdown powers the guest off (SHUTDOWN guest-shutdown), reboot reboots it,
+    // halt stops it without QEMU hearing of it.
+    void agent_shutdown(std::string_view mode);
 
     result<void> snapshot_job(const std::string& type, const std::string& job_id,
                               const std::string& tag, const std::optional<std::string>& vmstate,
@@ -102,6 +111,8 @@ class vm {
     std::string hmp_loadvm(const std::string& tag);
     std::string hmp_delvm(const std::string& tag);
     std::string hmp_info_snapshots() const;
+    // The snapshots every block node holds (query-named-block-nodes' image.snapshots).
+    std::vector<snapshot> snapshots() const { return snapshots_.list(); }
 
   private:
     using action = std::function<void()>;
@@ -120,6 +131,7 @@ class vm {
     void guest_panic(const std::optional<value>& info);
     void guest_reboot();
     void run_console_step(const console_step& step);
+    void guest_booted();
 
     std::optional<std::string> check_devices(const std::vector<std::string>& devices) const;
     job* find_job(const std::string& id);
@@ -129,6 +141,9 @@ class vm {
     snapshot_table snapshots_;
     run_state state_ = run_state::prelaunch;
     bool guest_ready_ = false;
+    bool guest_up_ = false;  // booted and not off: what the agent needs
+    bool qmp_hung_ = false;
+    std::optional<asio::steady_timer> hang_timer_;
     bool exited_ = false;
     bool started_ = false;
 
