@@ -55,6 +55,7 @@ void add_start(CLI::App& app, std::function<int()>& action) {
     struct extra {
         std::string image;
         bool keep_on_failure = false;
+        bool cold = false;
         bool console = false;
         bool quiet = false;
         std::string append;
@@ -65,6 +66,8 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                     "EMULATOR_IMAGE_DIR/stack-emulator-<arch>.qcow2");
     cmd->add_flag("--keep-on-failure", x->keep_on_failure,
                   "leave a VM that failed to start running, for debugging");
+    cmd->add_flag("--cold", x->cold,
+                  "boot from scratch even when a saved ready state (`snapshot save --ready`) fits");
     cmd->add_flag("--console", x->console, "echo the guest's console while it boots");
     cmd->add_flag("-q,--quiet", x->quiet, "no progress lines");
     cmd->add_option("--append", x->append,
@@ -77,6 +80,7 @@ void add_start(CLI::App& app, std::function<int()>& action) {
             req.inst = std::move(*inst);
             if (!x->image.empty()) req.image = fs::absolute(x->image);
             req.keep_on_failure = x->keep_on_failure;
+            req.cold = x->cold;
             req.extra_cmdline = x->append;
             req.progress = stderr_progress(x->quiet);
             req.echo_console = x->console;
@@ -94,14 +98,19 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                           {"cause", to_string(r.why)},
                           {"last_lines", r.last_lines},
                           {"vm_kept", r.vm_kept},
+                          {"warm", r.warm},
+                          {"warm_note", r.warm_note},
                           {"peak_rss_kib", peak_rss_kib()}};
                 if (r.pid) j["pid"] = *r.pid;
                 std::cout << j.dump(2) << std::endl;
+            } else if (r.already_running && !r.failure.empty()) {
+                fmt::print(stderr, "stackemu start: {}\n", r.failure);
             } else if (r.already_running) {
                 fmt::print("already running (pid {}){}\n", r.pid.value_or(-1),
                            r.ready ? "" : ", but its CPUs are not running");
             } else if (r.ready) {
-                fmt::print("ready in {:.1f} s (pid {})\n", r.total_ms / 1000, r.pid.value_or(-1));
+                fmt::print("ready in {:.1f} s (pid {}{})\n", r.total_ms / 1000, r.pid.value_or(-1),
+                           r.warm ? ", restored from the saved ready state" : "");
             } else {
                 fmt::print(stderr, "stackemu start: failed: {}\n", r.failure);
                 if (!r.last_lines.empty()) {
@@ -116,6 +125,7 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                                        "stop` ends it"
                                      : fmt::format("logs: {}", paths.vm_dir.string()));
             }
+            if (r.already_running && !r.failure.empty()) return exit_code::failed;
             if (r.already_running) return r.ready ? exit_code::ok : exit_code::paused;
             return r.ready ? exit_code::ok : exit_code::failed;
         };

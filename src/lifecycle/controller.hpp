@@ -51,6 +51,7 @@ struct start_request {
     instance inst;
     std::optional<std::filesystem::path> image;  // default: the built image for the arch
     bool keep_on_failure = false;
+    bool cold = false;          // skip the saved ready state even when it fits
     std::string extra_cmdline;  // appended to a kernel-boot image's command line
     progress_sink progress;
     bool echo_console = false;  // pass guest console lines to progress
@@ -67,7 +68,11 @@ struct start_outcome {
     std::vector<std::string> last_lines;
     bool vm_kept = false;  // --keep-on-failure left the failed VM running
     std::optional<pid_t> pid;
+    bool warm = false;      // started from the saved ready state
+    std::string warm_note;  // why the ready state was not used, when it exists
 };
+// The snapshot `start` restores instead of booting (saved by `stackemu snapshot save --ready`).
+inline constexpr std::string_view ready_state_name = "stackemu-ready";
 asio::awaitable<result<start_outcome>> start(start_request req);
 
 struct stop_request {

@@ -18,6 +18,7 @@
 #include "lifecycle/instance_lock.hpp"
 #include "lifecycle/process.hpp"
 #include "lifecycle/qemu_argv.hpp"
+#include "lifecycle/snapshot.hpp"
 #include "lifecycle/stop_ladder.hpp"
 #include "lifecycle/vm_process.hpp"
 #include "qmp/commands.hpp"
@@ -70,7 +71,7 @@ result<void> check_ports_free(const std::vector<resolved_forward>& forwards) {
     for (const auto& f : forwards)
         if (host_port_in_use(f.host_port))
             return fail(
-                errc::busy,
+                errc::invalid_argument,
                 fmt::format("host port {} (the {} forward) is already in use on 127.0.0.1: "
                             "stop what uses it, or choose another port{}",
                             f.host_port, f.name, f.setting.empty() ? "" : " with " + f.setting));
@@ -116,6 +117,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
     bool qemu_alive = true;
     std::optional<report_failure> failure;
     bool first_byte_seen = false;
+    bool warm = false;  // restored from the ready state: the guest clock needs setting
 
     void mark(std::string name) { phases.push_back({std::move(name), detail::ms_since(t0)}); }
 
@@ -211,6 +213,17 @@ asio::awaitable<void> watch_agent(std::shared_ptr<start_run> run) {
         auto agent = co_await qmp::qga::client::connect(ep, o);
         if (agent) {
             auto pong = co_await qmp::qga::ping(*agent);
+            if (pong && !run->finished && run->warm) {
+                // The restored guest's clock stands where it was when the state was saved.
+                const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count();
+                auto set = co_await qmp::qga::set_time(*agent, now);
+                if (set)
+                    run->mark("clock_set");
+                else if (run->progress)
+                    run->progress("could not set the guest clock: " + set.error().what());
+            }
             if (pong && !run->finished) {
                 run->mark("agent_up");
                 agent_answered input;
@@ -264,6 +277,231 @@ void spawn_watcher(asio::any_io_executor ex, asio::awaitable<void> task) {
     asio::co_spawn(ex, std::move(task), asio::detached);
 }
 
+// Whether the instance's saved ready state can be loaded into the VM about to run: it exists in
+// the overlay with RAM state, and its recorded fingerprint matches this VM's. The error says
+// why not (errc::not_found when there is none at all).
+asio::awaitable<result<void>> ready_state_usable(qmp::client& c, instance_paths paths,
+                                                 std::vector<std::string> argv, std::string accel,
+                                                 std::string build_id) {
+    auto snaps = co_await qmp::query_snapshots(c, "disk0");
+    if (!snaps) co_return fail(snaps.error());
+    const auto it = std::find_if(snaps->begin(), snaps->end(), [](const qmp::snapshot_info& i) {
+        return i.name == ready_state_name;
+    });
+    if (it == snaps->end()) co_return fail(errc::not_found, "no ready state saved");
+    std::vector<snapshot_record> records;
+    if (auto text = read_file((paths.vm_dir / "snapshots.json").string())) {
+        auto j = json::parse(*text, nullptr, false);
+        if (!j.is_discarded()) records = records_from_json(j);
+    }
+    const auto current = fingerprint_from_argv(argv, c.version().to_string(), accel, build_id);
+    const auto verdict = judge_compatibility(*it, find_record(records, *it), current);
+    if (verdict.compatible.value_or(false)) co_return result<void>{};
+    co_return fail(errc::incompatible,
+                   verdict.reason.empty() ? "its compatibility is unknown" : verdict.reason);
+}
+
+struct launch_plan {
+    start_request req;
+    std::string qemu;
+    std::vector<std::string> argv;
+    std::vector<std::string> probe_urls;
+    std::string accel;
+    std::string build_id;
+    provision::profile profile;
+    launch_context context;
+    clock_type::time_point t0;
+};
+
+struct attempt_result {
+    start_outcome outcome;
+    bool fall_back_to_cold = false;  // the ready state could not be used: try a cold boot
+    std::string failure;             // why, when falling back
+};
+
+// One launch of QEMU, from spawn to ready or failure. With `try_warm`, a compatible ready state
+// saved in the overlay is loaded before the CPUs run; its failure asks for a cold boot.
+asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool try_warm) {
+    auto ex = co_await asio::this_coro::executor;
+    const auto& req = plan.req;
+    const auto& s = req.inst.config;
+    const auto& paths = req.inst.paths;
+    const auto& qemu = plan.qemu;
+    const auto& argv = plan.argv;
+    const auto& probe_urls = plan.probe_urls;
+    const auto t0 = plan.t0;
+    auto say = [&](std::string_view line) {
+        if (req.progress) req.progress(line);
+    };
+    attempt_result result_of_attempt;
+    auto& out = result_of_attempt.outcome;
+    readiness_profile rp;
+    rp.ready_marker = plan.profile.ready_marker;
+    rp.failure_markers = plan.profile.failure_markers;
+    rp.requires_agent = plan.profile.agent;
+    rp.requires_probes = !probe_urls.empty();
+    auto run = std::make_shared<start_run>(ex, rp, paths);
+    run->progress = req.progress;
+    run->echo_console = req.echo_console;
+    run->t0 = t0;
+    launch_requested launch_in;
+    run->feed(launch_in);
+
+    say("launching QEMU");
+    const launch_context& context = plan.context;
+    launch_options launch_opts;
+    launch_opts.context = context;
+    auto launched = launch_daemonized(argv, paths.qemu_stderr_log.string(), launch_opts);
+    run->mark("spawn");
+    if (!launched) {
+        // With -daemonize and -D, QEMU writes its setup errors to the -D log, not stderr.
+        std::string text = tail_of_file(paths.qemu_stderr_log) + tail_of_file(paths.qemu_log);
+        out.why = cause::launch_failed;
+        out.failure = launched.error().code == errc::process_failed
+                          ? explain_launcher_failure(text, context)
+                          : launched.error().what();
+        out.phases = run->phases;
+        out.total_ms = detail::ms_since(t0);
+        detail::remove_sockets(paths);
+        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+        co_return result_of_attempt;
+    }
+
+    // QEMU's daemon sets its own umask (027): tighten what it created to 0600. The 0700
+    // directory already keeps others out; this keeps the files right if it is ever moved.
+    for (const auto& p : {paths.qmp_socket, paths.monitor_socket, paths.serial_socket,
+                          paths.qga_socket, paths.serial_log, paths.qemu_log})
+        ::chmod(p.c_str(), 0600);
+
+    auto vm = co_await detail::connect_vm(paths, qemu, 5000ms);
+    if (!vm) {
+        out.why = cause::launch_failed;
+        out.failure = "QEMU started but its QMP socket did not answer: " + vm.error().what();
+        // Never leave the QEMU we launched behind (defect 5).
+        if (!req.keep_on_failure) {
+            (void)co_await detail::stop_unresponsive(paths, qemu, req.progress);
+            detail::remove_sockets(paths);
+        }
+        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+        co_return result_of_attempt;
+    }
+    out.pid = vm->process->pid();
+    run->mark("qmp_greeting");
+    detail::update_state(paths, json{{"pid", *out.pid}});
+
+    // Console and events are connected before the CPUs run: nothing the guest prints is missed.
+    {
+        std::error_code serial_ec;
+        const asio::local::stream_protocol::endpoint serial_ep(paths.serial_socket.string());
+        run->serial.connect(serial_ep, serial_ec);
+        if (serial_ec)
+            say("cannot read the serial console (" + serial_ec.message() +
+                "); markers will be missed");
+    }
+    auto events = vm->qmp->subscribe();
+    spawn_watcher(ex, watch_events(run, std::move(events)));
+    spawn_watcher(ex, watch_console(run));
+    spawn_watcher(ex, watch_deadline(run, s.ready_timeout));
+
+    qmp_connected connected_in;
+    run->feed(connected_in);
+    if (try_warm) {
+        auto usable = co_await ready_state_usable(*vm->qmp, paths, argv, plan.accel, plan.build_id);
+        if (usable) {
+            say("restoring the saved ready state (disk changes made since it was saved are "
+                "discarded; `start --cold` keeps them)");
+            const qmp::snapshot_target target{std::string(ready_state_name), "disk0", {"disk0"}};
+            auto loaded = co_await qmp::snapshot_load(*vm->qmp, target, 120000ms);
+            if (loaded) {
+                run->warm = true;
+                run->profile.ready_marker.clear();  // printed before the state was saved
+                run->mark("state_loaded");
+                // A restored guest gets a shorter leash: if it is not ready soon, boot cold.
+                spawn_watcher(
+                    ex, watch_deadline(run, std::min<std::chrono::seconds>(s.ready_timeout, 60s)));
+            } else {
+                result_of_attempt.fall_back_to_cold = true;
+                result_of_attempt.failure =
+                    "loading the ready state failed: " + loaded.error().what();
+            }
+        } else if (usable.error().code != errc::not_found) {
+            out.warm_note = "the saved ready state was not used: " + usable.error().what();
+            say(out.warm_note);
+        }
+        if (result_of_attempt.fall_back_to_cold) {
+            run->finish();
+            detail::ladder_inputs ladder;
+            ladder.paths = paths;
+            ladder.qmp = vm->qmp.get();
+            ladder.process = vm->process.get();
+            ladder.skip_guest_rung = true;
+            (void)co_await detail::run_ladder(ladder);
+            detail::remove_sockets(paths);
+            co_return result_of_attempt;
+        }
+    }
+    auto cont = co_await qmp::cont(*vm->qmp);
+    if (!cont && !run->finished) {
+        run->failure = report_failure{cause::launch_failed,
+                                      "QEMU refused to run the CPUs: " + cont.error().what()};
+        run->finish();
+    }
+    say("guest booting");
+    if (rp.requires_agent) spawn_watcher(ex, watch_agent(run));
+    if (!probe_urls.empty()) spawn_watcher(ex, watch_probes(run, probe_urls));
+
+    if (!run->finished) {
+        std::error_code ignored;
+        co_await run->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+
+    out.phases = run->phases;
+    out.total_ms = detail::ms_since(t0);
+    if (run->ready) {
+        out.ready = true;
+        out.warm = run->warm;
+        detail::update_state(paths, json{{"state", "ready"},
+                                         {"ready_at", detail::now_iso8601()},
+                                         {"ready_ms", out.total_ms},
+                                         {"failure", nullptr}});
+        detail::append_event(paths, json{{"record", "ready"}, {"at", detail::now_iso8601()}});
+        vm->qmp->close();
+        co_return result_of_attempt;
+    }
+
+    const auto failure =
+        run->failure.value_or(report_failure{cause::none, "the start ended without a verdict"});
+    if (run->warm) result_of_attempt.fall_back_to_cold = true;
+    result_of_attempt.failure = failure.reason;
+    out.why = failure.why;
+    out.failure = failure.reason;
+    const auto& lines = run->scanner.last_lines();
+    out.last_lines.assign(lines.begin(), lines.end());
+    detail::append_event(
+        paths,
+        json{{"record", "start failed"}, {"cause", out.failure}, {"at", detail::now_iso8601()}});
+    if (vm->qmp->is_open() && req.keep_on_failure && !run->warm) {
+        out.vm_kept = true;
+        detail::update_state(paths,
+                             json{{"state", "failed"}, {"failure", out.failure}, {"kept", true}});
+        vm->qmp->close();
+        co_return result_of_attempt;
+    }
+    detail::ladder_inputs ladder;
+    ladder.paths = paths;
+    ladder.qmp = vm->qmp.get();
+    ladder.process = vm->process.get();
+    ladder.progress = req.progress;
+    ladder.skip_guest_rung = true;
+    (void)co_await detail::run_ladder(ladder);
+    run->mark("failed_vm_stopped");
+    out.phases = run->phases;
+    out.total_ms = detail::ms_since(t0);
+    detail::remove_sockets(paths);
+    detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
+    co_return result_of_attempt;
+}
+
 }  // namespace
 
 asio::awaitable<result<start_outcome>> start(start_request req) {
@@ -292,6 +530,15 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
             auto st = co_await qmp::query_status(*vm->qmp);
             out.ready = st && st->running;
             out.failure = st ? "" : st.error().what();
+            auto saved = detail::read_state(paths);
+            if (saved.value("state", "") == "failed") {
+                // A VM kept by --keep-on-failure is not a running emulator.
+                out.ready = false;
+                out.failure = fmt::format(
+                    "the VM of a failed start is still running "
+                    "(--keep-on-failure: {}); `stackemu stop` ends it",
+                    saved.value("failure", "unknown cause"));
+            }
             co_return out;
         }
         if (vm.error().code != errc::connect_failed) co_return fail(vm.error());
@@ -376,130 +623,25 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
                                     {"argv", argv}});
     detail::append_event(paths, json{{"record", "start"}, {"at", detail::now_iso8601()}});
 
-    readiness_profile rp;
-    rp.ready_marker = m->prof.ready_marker;
-    rp.failure_markers = m->prof.failure_markers;
-    rp.requires_agent = m->prof.agent;
-    rp.requires_probes = !probe_urls.empty();
-    auto run = std::make_shared<start_run>(ex, rp, paths);
-    run->progress = req.progress;
-    run->echo_console = req.echo_console;
-    run->t0 = t0;
-    launch_requested launch_in;
-    run->feed(launch_in);
-
-    say("launching QEMU");
-    launch_context context;
+    launch_plan plan;
+    plan.req = req;
+    plan.qemu = qemu;
+    plan.argv = argv;
+    plan.probe_urls = probe_urls;
+    plan.accel = std::string(to_string(accel->accel));
+    plan.build_id = m->build_id;
+    plan.profile = m->prof;
+    plan.t0 = t0;
     for (const auto& f : forwards)
-        context.forwards.push_back({f.host_port, f.setting});
-    launch_options launch_opts;
-    launch_opts.context = context;
-    auto launched = launch_daemonized(argv, paths.qemu_stderr_log.string(), launch_opts);
-    run->mark("spawn");
-    if (!launched) {
-        // With -daemonize and -D, QEMU writes its setup errors to the -D log, not stderr.
-        std::string text = tail_of_file(paths.qemu_stderr_log) + tail_of_file(paths.qemu_log);
-        out.why = cause::launch_failed;
-        out.failure = launched.error().code == errc::process_failed
-                          ? explain_launcher_failure(text, context)
-                          : launched.error().what();
-        out.phases = run->phases;
-        out.total_ms = detail::ms_since(t0);
-        detail::remove_sockets(paths);
-        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
-        co_return out;
+        plan.context.forwards.push_back({f.host_port, f.setting});
+    auto attempt = co_await launch_and_wait(plan, !req.cold);
+    if (attempt && attempt->fall_back_to_cold) {
+        say("fast start failed (" + attempt->failure + "); booting cold instead");
+        attempt = co_await launch_and_wait(plan, false);
     }
-
-    // QEMU's daemon sets its own umask (027): tighten what it created to 0600. The 0700
-    // directory already keeps others out; this keeps the files right if it is ever moved.
-    for (const auto& p : {paths.qmp_socket, paths.monitor_socket, paths.serial_socket,
-                          paths.qga_socket, paths.serial_log, paths.qemu_log})
-        ::chmod(p.c_str(), 0600);
-
-    auto vm = co_await detail::connect_vm(paths, qemu, 5000ms);
-    if (!vm) {
-        out.why = cause::launch_failed;
-        out.failure = "QEMU started but its QMP socket did not answer: " + vm.error().what();
-        detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
-        co_return out;
-    }
-    out.pid = vm->process->pid();
-    run->mark("qmp_greeting");
-    detail::update_state(paths, json{{"pid", *out.pid}});
-
-    // Console and events are connected before the CPUs run: nothing the guest prints is missed.
-    {
-        std::error_code serial_ec;
-        const asio::local::stream_protocol::endpoint serial_ep(paths.serial_socket.string());
-        run->serial.connect(serial_ep, serial_ec);
-        if (serial_ec)
-            say("cannot read the serial console (" + serial_ec.message() +
-                "); markers will be missed");
-    }
-    auto events = vm->qmp->subscribe();
-    spawn_watcher(ex, watch_events(run, std::move(events)));
-    spawn_watcher(ex, watch_console(run));
-    spawn_watcher(ex, watch_deadline(run, s.ready_timeout));
-
-    qmp_connected connected_in;
-    run->feed(connected_in);
-    auto cont = co_await qmp::cont(*vm->qmp);
-    if (!cont && !run->finished) {
-        run->failure = report_failure{cause::launch_failed,
-                                      "QEMU refused to run the CPUs: " + cont.error().what()};
-        run->finish();
-    }
-    say("guest booting");
-    if (rp.requires_agent) spawn_watcher(ex, watch_agent(run));
-    if (!probe_urls.empty()) spawn_watcher(ex, watch_probes(run, probe_urls));
-
-    if (!run->finished) {
-        std::error_code ignored;
-        co_await run->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
-    }
-
-    out.phases = run->phases;
-    out.total_ms = detail::ms_since(t0);
-    if (run->ready) {
-        out.ready = true;
-        detail::update_state(paths, json{{"state", "ready"},
-                                         {"ready_at", detail::now_iso8601()},
-                                         {"ready_ms", out.total_ms},
-                                         {"failure", nullptr}});
-        detail::append_event(paths, json{{"record", "ready"}, {"at", detail::now_iso8601()}});
-        vm->qmp->close();
-        co_return out;
-    }
-
-    const auto failure =
-        run->failure.value_or(report_failure{cause::none, "the start ended without a verdict"});
-    out.why = failure.why;
-    out.failure = failure.reason;
-    const auto& lines = run->scanner.last_lines();
-    out.last_lines.assign(lines.begin(), lines.end());
-    detail::append_event(
-        paths,
-        json{{"record", "start failed"}, {"cause", out.failure}, {"at", detail::now_iso8601()}});
-    if (vm->qmp->is_open() && req.keep_on_failure) {
-        out.vm_kept = true;
-        detail::update_state(paths,
-                             json{{"state", "failed"}, {"failure", out.failure}, {"kept", true}});
-        vm->qmp->close();
-        co_return out;
-    }
-    detail::ladder_inputs ladder;
-    ladder.paths = paths;
-    ladder.qmp = vm->qmp.get();
-    ladder.process = vm->process.get();
-    ladder.progress = req.progress;
-    ladder.skip_guest_rung = true;
-    (void)co_await detail::run_ladder(ladder);
-    run->mark("failed_vm_stopped");
-    out.phases = run->phases;
-    out.total_ms = detail::ms_since(t0);
-    detail::remove_sockets(paths);
-    detail::update_state(paths, json{{"state", "failed"}, {"failure", out.failure}});
-    co_return out;
+    if (!attempt) co_return fail(attempt.error());
+    attempt->outcome.accel_reason = accel->reason;
+    co_return attempt->outcome;
 }
 
 }  // namespace stackemu::lifecycle

@@ -2,7 +2,7 @@
 """End-to-end: the stackemu CLI on real QEMU (TCG) with the test guest.
 
 Usage: tests/e2e/cli_e2e.py STACKEMU [SCENARIO...]   (default: all)
-Scenarios: lifecycle fail panic crash
+Scenarios: lifecycle fail panic crash warm
 Each scenario uses its own run directory and free host ports, and makes sure no QEMU of its
 own is left running. Exit status 0 when every scenario passed.
 """
@@ -168,11 +168,41 @@ def scenario_crash(inst):
     check(p.returncode == 0, f"stop after the restart was not clean: {p.stdout}")
 
 
+def scenario_warm(inst):
+    p, _ = inst.start()
+    check(p.returncode == 0, f"start failed: {p.stderr}")
+    p, _ = inst.run("snapshot", "save", "stackemu-ready")
+    check(p.returncode == 0, f"saving the ready state failed: {p.stdout} {p.stderr}")
+    p, _ = inst.run("stop")
+    check(p.returncode == 0, f"stop failed: {p.stdout}")
+    p, elapsed = inst.start("--json")
+    check(p.returncode == 0, f"warm start failed: {p.stderr}")
+    out = json.loads(p.stdout)
+    check(out["warm"], f"start did not use the ready state: {out}")
+    log(f"warm start ready in {out['total_ms']:.0f} ms")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{inst.backend_port}/health?db=1",
+                                  timeout=10).read()
+    check(len(body) > 0, "the forwarded backend port gave no body after a warm start")
+    p, _ = inst.run("stop")
+    check(p.returncode == 0, f"stop after a warm start was not clean: {p.stdout}")
+    # --cold boots from scratch although the state fits.
+    p, _ = inst.start("--json", "--cold")
+    check(p.returncode == 0 and not json.loads(p.stdout)["warm"], "--cold used the ready state")
+    inst.run("stop")
+    # A VM that does not fit the saved state (more RAM) boots cold and says why.
+    p, _ = inst.run("start", "--image", inst.image, "--ram", "640", "--cpus", "1", "--json")
+    check(p.returncode == 0, f"start with another RAM size failed: {p.stderr}")
+    out = json.loads(p.stdout)
+    check(not out["warm"] and "RAM" in out["warm_note"], f"incompatible state not refused: {out}")
+    inst.run("stop")
+
+
 SCENARIOS = {
     "lifecycle": scenario_lifecycle,
     "fail": scenario_fail,
     "panic": scenario_panic,
     "crash": scenario_crash,
+    "warm": scenario_warm,
 }
 
 
