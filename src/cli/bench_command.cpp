@@ -37,7 +37,7 @@ json summary(std::vector<double> samples) {
 
 void add_bench_command(CLI::App& app, std::function<int()>& action) {
     auto* cmd = app.add_subcommand(
-        "bench", "Cold start to ready and clean stop, N times, with a breakdown by phase");
+        "bench", "N cold starts (and N warm ones when a ready state is saved) and stops, by phase");
     auto o = add_instance_options(cmd, option_set::runtime);
     struct extra {
         int runs = 5;
@@ -62,11 +62,15 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
             if (!pre) return report("bench", pre.error());
 
             std::map<std::string, std::vector<double>> start_phases, stop_rungs;
-            std::vector<double> start_total, stop_total, after_shutdown;
+            std::vector<double> start_total, stop_total, after_shutdown, warm_total;
             std::string accel;
-            for (int i = 0; i < x->runs; ++i) {
+            // Cold and warm side by side: odd runs boot cold, even runs restore the saved ready
+            // state when there is one that fits (the warm column stays empty otherwise).
+            for (int i = 0; i < 2 * x->runs; ++i) {
+                const bool cold_run = i % 2 == 0;
                 start_request req;
                 req.inst = *inst;
+                req.cold = cold_run;
                 if (!x->image.empty()) req.image = fs::absolute(x->image);
                 auto started = run_on_context(start(req));
                 if (!started) return report("bench", started.error());
@@ -77,9 +81,13 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
                     return exit_code::failed;
                 }
                 accel = started->accel_reason;
-                start_total.push_back(started->total_ms);
-                for (const auto& p : started->phases)
-                    start_phases[p.name].push_back(p.ms);
+                if (cold_run) {
+                    start_total.push_back(started->total_ms);
+                    for (const auto& p : started->phases)
+                        start_phases[p.name].push_back(p.ms);
+                } else if (started->warm) {
+                    warm_total.push_back(started->total_ms);
+                }
                 stop_request sreq;
                 sreq.inst = *inst;
                 auto stopped = run_on_context(stop(sreq));
@@ -90,8 +98,9 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
                 if (stopped->exit_after_shutdown_ms)
                     after_shutdown.push_back(*stopped->exit_after_shutdown_ms);
                 if (!o->json)
-                    fmt::print(stderr, "run {}: ready {:.0f} ms, stop {:.0f} ms ({})\n", i + 1,
-                               started->total_ms, stopped->total_ms, stopped->rung);
+                    fmt::print(stderr, "run {} ({}): ready {:.0f} ms, stop {:.0f} ms ({})\n",
+                               i / 2 + 1, started->warm ? "warm" : "cold", started->total_ms,
+                               stopped->total_ms, stopped->rung);
             }
             json phases = json::object();
             for (auto& [name, v] : start_phases)
@@ -103,6 +112,7 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
                         {"runs", x->runs},
                         {"accelerator", accel},
                         {"start_to_ready", summary(start_total)},
+                        {"warm_start_to_ready", summary(warm_total)},
                         {"start_phases_since_start", phases},
                         {"stop", summary(stop_total)},
                         {"stop_rungs", rungs},
@@ -121,6 +131,9 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
                 fmt::print("stop:           min {:.0f} / p50 {:.0f} / p95 {:.0f} / max {:.0f} ms\n",
                            t["min_ms"].get<double>(), t["p50_ms"].get<double>(),
                            t["p95_ms"].get<double>(), t["max_ms"].get<double>());
+                if (!warm_total.empty())
+                    fmt::print("warm start:     p50 {:.0f} ms (from the saved ready state)\n",
+                               out["warm_start_to_ready"]["p50_ms"].get<double>());
                 fmt::print("accelerator: {}\n", accel);
             }
             return exit_code::ok;

@@ -347,6 +347,7 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     launch_requested launch_in;
     run->feed(launch_in);
 
+    run->mark("prepared");  // settings, image, overlay, ports, accelerator and argv done
     say("launching QEMU");
     const launch_context& context = plan.context;
     launch_options launch_opts;
