@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lifecycle/exit_codes.hpp"
+#include "support/process.hpp"
 
 extern char** environ;
 
@@ -116,22 +117,10 @@ json happy_guest() {
                       console_step(20, "STACK_EMULATOR_READY"), console_action(0, "ready")})}};
 }
 
-// Is `pid` gone (or a zombie nobody reaped yet)?
-bool process_gone(pid_t pid) {
-    if (::kill(pid, 0) != 0) return errno == ESRCH;
-    const auto stat = slurp("/proc/" + std::to_string(pid) + "/stat");
-    const auto close_paren = stat.rfind(')');
-    return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
-           stat[close_paren + 2] == 'Z';
-}
+using stackemu::test::process_gone;
 
 bool wait_gone(pid_t pid) {
-    const auto deadline = std::chrono::steady_clock::now() + process_ceiling;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (process_gone(pid)) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return stackemu::test::wait_gone(pid, process_ceiling);
 }
 
 // Live fake-qemu processes whose command line names `dir` (QEMU's -daemonize chdirs to /, so
@@ -283,22 +272,7 @@ struct sandbox {
     // Waits for a spawned command; at the ceiling it is killed and reported as hung (-1).
     static cli_result finish(pid_t pid, const fs::path& out, const fs::path& err) {
         cli_result r;
-        const auto deadline = std::chrono::steady_clock::now() + command_ceiling;
-        for (;;) {
-            int status = 0;
-            const pid_t w = ::waitpid(pid, &status, WNOHANG);
-            if (w == pid) {
-                r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                break;
-            }
-            if (w < 0 && errno != EINTR) break;
-            if (std::chrono::steady_clock::now() >= deadline) {
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, nullptr, 0);
-                break;
-            }
-            std::this_thread::sleep_for(5ms);
-        }
+        r.code = stackemu::test::wait_child(pid, command_ceiling).value_or(-1);
         r.out = slurp(out);
         r.err = slurp(err);
         return r;
@@ -332,12 +306,9 @@ struct sandbox {
     std::vector<pid_t> fakes() const { return fakes_under(dir); }
     // True once no fake-qemu of this sandbox runs.
     bool no_fakes_left() const {
-        const auto deadline = std::chrono::steady_clock::now() + process_ceiling;
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (fakes().empty()) return true;
-            std::this_thread::sleep_for(10ms);
-        }
-        return false;
+        for (pid_t pid : fakes())
+            if (!stackemu::test::wait_gone(pid, process_ceiling)) return false;
+        return fakes().empty();
     }
 };
 

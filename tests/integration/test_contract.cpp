@@ -17,6 +17,7 @@
 #include "qmp/commands.hpp"
 #include "qmp/framer.hpp"
 #include "qmp/message.hpp"
+#include "support/process.hpp"
 #include "support/run.hpp"
 
 extern char** environ;
@@ -116,9 +117,7 @@ asio::awaitable<void> ask_name(client* c, int* answered, int* done, asio::steady
 }
 
 bool wait_gone(const launched& q) {
-    for (int i = 0; i < 500 && q.alive(); ++i)
-        ::usleep(10000);
-    return !q.alive();
+    return q.daemon <= 0 || stackemu::test::wait_gone(q.daemon, 5000ms);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "qmp/client.hpp"
 #include "qmp/commands.hpp"
 #include "support/describe.hpp"
+#include "support/process.hpp"
 #include "support/run.hpp"
 
 extern char** environ;
@@ -101,40 +102,13 @@ pid_t spawn_fake(const std::vector<std::string>& args, const std::string& behavi
 // Waits for our child `pid` to end; its exit code, 128+signal, or nullopt at the ceiling (then
 // the child is killed).
 std::optional<int> wait_child(pid_t pid) {
-    const auto deadline = std::chrono::steady_clock::now() + process_ceiling;
-    while (std::chrono::steady_clock::now() < deadline) {
-        int status = 0;
-        const pid_t r = ::waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            if (WIFEXITED(status)) return WEXITSTATUS(status);
-            if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-        } else if (r < 0 && errno != EINTR) {
-            return std::nullopt;
-        }
-        std::this_thread::sleep_for(5ms);
-    }
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    return std::nullopt;
+    return stackemu::test::wait_child(pid, process_ceiling);
 }
 
-// A process that is not our child (the daemon) is gone once kill(0) fails, or once it is a
-// zombie waiting for whoever adopted it.
-bool process_gone(pid_t pid) {
-    if (::kill(pid, 0) != 0) return errno == ESRCH;
-    const auto stat = slurp("/proc/" + std::to_string(pid) + "/stat");
-    const auto close_paren = stat.rfind(')');
-    return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
-           stat[close_paren + 2] == 'Z';
-}
+using stackemu::test::process_gone;
 
 bool wait_gone(pid_t pid) {
-    const auto deadline = std::chrono::steady_clock::now() + process_ceiling;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (process_gone(pid)) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return false;
+    return stackemu::test::wait_gone(pid, process_ceiling);
 }
 
 // Kills the daemon named by a pidfile if a test fails before it quit.

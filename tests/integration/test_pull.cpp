@@ -27,6 +27,7 @@
 
 #include "provision/download.hpp"
 #include "provision/manifest.hpp"
+#include "support/process.hpp"
 
 extern char** environ;
 
@@ -281,19 +282,9 @@ cli_run run_cli(const fs::path& dir, std::vector<std::string> args) {
     posix_spawn_file_actions_destroy(&actions);
     REQUIRE(rc == 0);
     cli_run r;
-    int status = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    for (;;) {
-        const auto w = ::waitpid(pid, &status, WNOHANG);
-        if (w == pid) break;
-        if (std::chrono::steady_clock::now() > deadline) {
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, &status, 0);
-            FAIL("stackemu pull hung past 60 s");
-        }
-        std::this_thread::sleep_for(10ms);
-    }
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    const auto code = stackemu::test::wait_child(pid, 60s);
+    if (!code) FAIL("stackemu pull hung past 60 s");
+    r.exit_code = *code;
     r.out = read_all(out_path);
     r.err = read_all(err_path);
     fs::remove(out_path);

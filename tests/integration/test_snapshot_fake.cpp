@@ -28,6 +28,7 @@
 #include "qmp/client.hpp"
 #include "qmp/commands.hpp"
 #include "support/describe.hpp"
+#include "support/process.hpp"
 #include "support/run.hpp"
 #include "support/scripted_peer.hpp"
 
@@ -214,13 +215,7 @@ std::array<std::uint16_t, 4> free_ports() {
     return ports;
 }
 
-bool process_gone(pid_t pid) {
-    if (::kill(pid, 0) != 0) return errno == ESRCH;
-    const auto stat = slurp("/proc/" + std::to_string(pid) + "/stat");
-    const auto close_paren = stat.rfind(')');
-    return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
-           stat[close_paren + 2] == 'Z';
-}
+using stackemu::test::process_gone;
 
 struct cli_result {
     int code = -1;
@@ -277,8 +272,7 @@ struct sandbox {
     ~sandbox() {
         for (pid_t pid : fakes()) {
             ::kill(pid, SIGKILL);
-            for (int i = 0; i < 3000 && !process_gone(pid); ++i)
-                std::this_thread::sleep_for(10ms);
+            stackemu::test::wait_gone(pid, std::chrono::seconds(30));
         }
         std::error_code ignored;
         fs::remove_all(dir, ignored);
@@ -349,22 +343,7 @@ struct sandbox {
         REQUIRE(rc == 0);
 
         cli_result r;
-        const auto deadline = std::chrono::steady_clock::now() + command_ceiling;
-        for (;;) {
-            int status = 0;
-            const pid_t w = ::waitpid(pid, &status, WNOHANG);
-            if (w == pid) {
-                r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                break;
-            }
-            if (w < 0 && errno != EINTR) break;
-            if (std::chrono::steady_clock::now() >= deadline) {
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, nullptr, 0);
-                break;
-            }
-            std::this_thread::sleep_for(5ms);
-        }
+        r.code = stackemu::test::wait_child(pid, command_ceiling).value_or(-1);
         r.out = slurp(out);
         r.err = slurp(err);
         r.j = json::parse(r.out, nullptr, false);
@@ -385,8 +364,8 @@ struct sandbox {
     void stop() {
         auto r = run({"stop"});
         REQUIRE((r.code == 0 || r.code == 4));
-        for (int i = 0; i < 3000 && !fakes().empty(); ++i)
-            std::this_thread::sleep_for(10ms);
+        for (pid_t pid : fakes())
+            stackemu::test::wait_gone(pid, std::chrono::seconds(30));
         REQUIRE(fakes().empty());
     }
 };
