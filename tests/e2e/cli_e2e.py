@@ -61,6 +61,7 @@ class Instance:
             "EMULATOR_READY_TIMEOUT": "120",
         })
         self.env.pop("EMULATOR_QEMU", None)
+        self.env.pop("EMULATOR_NAME", None)
         self.backend_port = ports[1]
 
     def run(self, *args, timeout=180):

@@ -14,7 +14,6 @@ own is left running. Exit status 0 when every scenario passed.
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_e2e import BUILD_GUEST, Failure, check, free_ports  # noqa: E402
+import cli_e2e  # noqa: E402
+from cli_e2e import BUILD_GUEST, Failure, check  # noqa: E402
 
 
 def log(msg):
@@ -98,31 +98,8 @@ class Agent:
         return base64.b64decode(r["buf-b64"]).decode()
 
 
-class Instance:
-    def __init__(self, stackemu, image, tmp):
-        self.stackemu = stackemu
-        self.image = image
-        self.run_dir = os.path.join(tmp, "run")
-        ports = free_ports(4)
-        self.env = dict(os.environ)
-        self.env.update({
-            "EMULATOR_RUN_DIR": self.run_dir,
-            "EMULATOR_DASHBOARD_PORT": str(ports[0]),
-            "EMULATOR_BACKEND_PORT": str(ports[1]),
-            "EMULATOR_MINIO_PORT": str(ports[2]),
-            "EMULATOR_INBUCKET_PORT": str(ports[3]),
-            "EMULATOR_READY_TIMEOUT": "120",
-        })
-        self.env.pop("EMULATOR_QEMU", None)
-        self.env.pop("EMULATOR_NAME", None)
-
-    def run(self, *args, timeout=300):
-        t0 = time.monotonic()
-        p = subprocess.run([self.stackemu, *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout)
-        elapsed = time.monotonic() - t0
-        log(f"stackemu {' '.join(args)} -> {p.returncode} in {elapsed:.2f}s")
-        return p, elapsed
+class Instance(cli_e2e.Instance):
+    """cli_e2e's instance (run directory, free ports, QEMU clean-up) plus snapshot helpers."""
 
     def snap(self, *args):
         """`stackemu snapshot ARGS --json`: (exit code, parsed stdout, stderr, seconds)."""
@@ -153,27 +130,6 @@ class Instance:
 
     def agent(self):
         return Agent(os.path.join(self.run_dir, "vm", "qga.sock"))
-
-    def qemu_pids(self):
-        pids = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            if self.run_dir in cmd and "qemu-system" in cmd:
-                pids.append(int(pid))
-        return pids
-
-    def cleanup(self):
-        for pid in self.qemu_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def scenario_live(inst):
