@@ -6,10 +6,12 @@
 
 #include <asio/awaitable.hpp>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.hpp"
@@ -29,6 +31,9 @@ struct instance {
 };
 // Lays out the instance named in `config` (no I/O).
 result<instance> open_instance(settings config);
+// Refuses an instance whose existing directories (run, instance, vm, relocated sockets and
+// their parent) belong to another user; every command checks it before using them.
+result<void> check_instance_owner(const instance& inst);
 
 // A forward with its host port resolved from the settings (EMULATOR_<NAME>_PORT).
 struct resolved_forward {
@@ -55,6 +60,12 @@ struct start_request {
     std::string extra_cmdline;  // appended to a kernel-boot image's command line
     progress_sink progress;
     bool echo_console = false;  // pass guest console lines to progress
+    // For build-image's provisioning run: the seed and bundle ISOs, the overlay's size (the
+    // base's when unset), the console lines kept for a failure report, and no runtime config.
+    std::vector<std::pair<std::filesystem::path, std::string>> extra_isos;  // path, purpose
+    std::optional<std::uint64_t> disk_bytes;
+    std::size_t tail_lines = 40;
+    bool runtime_config = true;  // attach the STACKCFG ISO with the ports and settings
 };
 
 struct start_outcome {

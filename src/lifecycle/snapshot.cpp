@@ -824,6 +824,7 @@ result<snapshot_outcome> load_offline(const snapshot_request& req, clock_type::t
     out.vm_state = info->vm_state_size > 0;
     out.vm_state_size = info->vm_state_size;
     const auto t_job = clock_type::now();
+    set_ready_state_current(paths, false);  // the disk no longer matches the ready state
     if (auto a = qemu_img_snapshot("-a", req.name, paths.disk); !a) return fail(a.error());
     out.job_ms = detail::ms_since(t_job);
     out.note = out.vm_state
@@ -904,6 +905,46 @@ asio::awaitable<result<snapshot_outcome>> load_snapshot(snapshot_request req) {
 }
 asio::awaitable<result<snapshot_outcome>> delete_snapshot(snapshot_request req) {
     co_return co_await run_operation(std::move(req), operation::remove);
+}
+
+bool ready_state_current(const instance_paths& paths) {
+    auto text = read_file((paths.vm_dir / "ready-state.json").string());
+    if (!text) return false;
+    auto j = json::parse(*text, nullptr, false);
+    return j.is_object() && j.value("current", false);
+}
+
+void set_ready_state_current(const instance_paths& paths, bool current) {
+    std::error_code ec;
+    if (!current && !fs::exists(paths.vm_dir / "ready-state.json", ec)) return;
+    (void)write_file_atomically(
+        (paths.vm_dir / "ready-state.json").string(),
+        json{{"current", current}, {"at", detail::now_iso8601()}}.dump() + "\n", 0600);
+}
+
+asio::awaitable<result<snapshot_outcome>> refresh_ready_state(instance inst, qmp::client& c) {
+    const auto t0 = clock_type::now();
+    auto listed = co_await live_snapshots(c);
+    if (!listed) co_return fail(listed.error());
+    if (!find_listed(*listed, std::string(ready_state_name)))
+        co_return fail(errc::not_found, "no ready state saved");
+    const auto saved = detail::read_state(inst.paths);
+    const auto state = saved.value("state", "");
+    auto st = co_await qmp::query_status(c);
+    if (!st) co_return fail(st.error());
+    if ((state != "ready" && state != "paused") ||
+        (st->status != "running" && st->status != "paused"))
+        co_return fail(errc::wrong_state,
+                       fmt::format("the VM is {} (QEMU: {}), not a state to resume from",
+                                   state.empty() ? "in an unknown state" : state, st->status));
+    snapshot_request req;
+    req.inst = std::move(inst);
+    req.name = std::string(ready_state_name);
+    req.replace = true;
+    req.timeout = 120000ms;
+    auto r = co_await save_live(req, c, t0);
+    if (r && r->vm_state) set_ready_state_current(req.inst.paths, true);
+    co_return r;
 }
 
 asio::awaitable<result<snapshot_listing>> list_snapshots(instance inst) {

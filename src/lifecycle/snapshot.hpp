@@ -151,6 +151,19 @@ struct snapshot_outcome {
 // failed, or a job did not conclude before the timeout; a failed live load says the VM is
 // left paused), busy (the lock), wrong_state (no overlay yet), others from the connection.
 asio::awaitable<result<snapshot_outcome>> save_snapshot(snapshot_request req);
+
+// Fast start resumes the ready state (controller.hpp: ready_state_name) only when it holds the
+// disk as it is now; otherwise loading it would throw away what the guest wrote since. `stop`
+// saves it afresh right before the guest's clean shutdown and marks it current; every start
+// marks it stale before the CPUs run, and so does an offline snapshot load. The mark is
+// vm/ready-state.json; a missing or unreadable file reads as stale.
+bool ready_state_current(const instance_paths& paths);
+void set_ready_state_current(const instance_paths& paths, bool current);
+// For `stop`, on the running VM it holds the lock of: when the overlay has a ready state and the
+// VM is running or paused after a successful start, saves the current state over it and marks
+// it current. errc::not_found: fast start is off (no ready state); wrong_state: not saved
+// because the VM is not in a state worth resuming.
+asio::awaitable<result<snapshot_outcome>> refresh_ready_state(instance inst, qmp::client& c);
 asio::awaitable<result<snapshot_outcome>> load_snapshot(snapshot_request req);
 asio::awaitable<result<snapshot_outcome>> delete_snapshot(snapshot_request req);
 

@@ -15,12 +15,14 @@
 #include "lifecycle/controller_detail.hpp"
 #include "lifecycle/files.hpp"
 #include "lifecycle/http_probe.hpp"
+#include "lifecycle/image_check.hpp"
 #include "lifecycle/instance_lock.hpp"
 #include "lifecycle/process.hpp"
 #include "lifecycle/qemu_argv.hpp"
 #include "lifecycle/snapshot.hpp"
 #include "lifecycle/stop_ladder.hpp"
 #include "lifecycle/vm_process.hpp"
+#include "provision/iso.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/qga.hpp"
 
@@ -33,18 +35,26 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+// True when the overlay exists and records this manifest's base and build.
+bool overlay_current(const instance_paths& paths, const provision::manifest& m) {
+    std::error_code ec;
+    if (!fs::exists(paths.disk, ec)) return false;
+    auto text = read_file(paths.vm_dir / "overlay.json");
+    json j = text ? json::parse(*text, nullptr, false) : json();
+    return j.is_object() && j.value("build_id", "") == m.build_id &&
+           j.value("base", "") == m.disk.string();
+}
+
 // The overlay records the base build it sits on; another build means a new overlay
 // (upstream compared only size and mtime: defect 10).
 result<void> ensure_overlay(const instance_paths& paths, const provision::manifest& m,
-                            const progress_sink& say) {
+                            const progress_sink& say, std::optional<std::uint64_t> bytes) {
     const fs::path record = paths.vm_dir / "overlay.json";
     std::error_code ec;
     if (fs::exists(paths.disk, ec)) {
+        if (overlay_current(paths, m)) return {};
         auto text = read_file(record);
         json j = text ? json::parse(*text, nullptr, false) : json();
-        if (j.is_object() && j.value("build_id", "") == m.build_id &&
-            j.value("base", "") == m.disk.string())
-            return {};
         const std::string old = j.is_object() ? j.value("build_id", "unknown") : "unknown";
         if (say)
             say(fmt::format("the image changed (build {} -> {}): recreating the overlay {}", old,
@@ -52,8 +62,11 @@ result<void> ensure_overlay(const instance_paths& paths, const provision::manife
     }
     const fs::path tmp = paths.disk.string() + ".new";
     fs::remove(tmp, ec);
-    auto made = run_tool({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                          m.disk.string(), tmp.string()});
+    std::vector<std::string> create = {"qemu-img",      "create",    "-q",    "-f",
+                                       "qcow2",         "-F",        "qcow2", "-b",
+                                       m.disk.string(), tmp.string()};
+    if (bytes) create.push_back(std::to_string(*bytes));
+    auto made = run_tool(create);
     if (!made) return fail(made.error());
     if (made->exit_code != 0)
         return fail(
@@ -66,6 +79,27 @@ result<void> ensure_overlay(const instance_paths& paths, const provision::manife
         record, json{{"build_id", m.build_id}, {"base", m.disk.string()}}.dump(2) + "\n", 0600);
 }
 
+// The STACKCFG ISO: the instance name and the host ports, for a guest that links to itself.
+result<fs::path> write_runtime_config(const instance_paths& paths,
+                                      const std::vector<resolved_forward>& forwards) {
+    provision::runtime_config config;
+    config.instance_name = paths.display_name();
+    for (const auto& f : forwards) {
+        if (f.name == "dashboard") config.dashboard_port = f.host_port;
+        if (f.name == "backend") config.backend_port = f.host_port;
+        if (f.name == "minio") config.minio_port = f.host_port;
+        if (f.name == "inbucket") config.inbucket_port = f.host_port;
+    }
+    auto files = provision::runtime_config_files(config);
+    if (!files) return fail(files.error());
+    const fs::path out = paths.vm_dir / "config.iso";
+    if (auto written = provision::write_iso(out, std::string(provision::config_label), *files);
+        !written)
+        return fail(written.error());
+    ::chmod(out.c_str(), 0600);
+    return out;
+}
+
 // A taken host port fails QEMU anyway; checking first gives the name of the setting.
 result<void> check_ports_free(const std::vector<resolved_forward>& forwards) {
     for (const auto& f : forwards)
@@ -76,6 +110,32 @@ result<void> check_ports_free(const std::vector<resolved_forward>& forwards) {
                             "stop what uses it, or choose another port{}",
                             f.host_port, f.name, f.setting.empty() ? "" : " with " + f.setting));
     return {};
+}
+
+// What `start` can judge before it creates anything, so that bad input leaves the run
+// directory as it was: the manifest and its architecture, the base image when a new overlay
+// will sit on it, and the host ports while no VM and no other command holds the instance
+// (the port check under the lock decides; this one only comes first).
+result<provision::manifest> preflight(const settings& s, const instance_paths& paths,
+                                      const fs::path& image) {
+    auto m = provision::load_manifest(image);
+    if (!m) return fail(m.error());
+    auto image_arch = parse_architecture(m->arch);
+    if (!image_arch) return fail(image_arch.error());
+    if (*image_arch != s.guest_arch)
+        return fail(errc::invalid_argument,
+                    fmt::format("the image {} is for {}, but EMULATOR_ARCH/--arch is {}: pick the "
+                                "image for {} or set the architecture to {}",
+                                image.string(), m->arch, to_string(s.guest_arch),
+                                to_string(s.guest_arch), m->arch));
+    if (!overlay_current(paths, *m))
+        if (auto usable = check_base_image(m->disk); !usable) return fail(usable.error());
+    std::error_code ec;
+    const auto held = holder(paths.lock.string());
+    if (!fs::exists(paths.qmp_socket, ec) && held && !*held)
+        if (auto free = check_ports_free(resolve_forwards(m->prof, s)); !free)
+            return fail(free.error());
+    return m;
 }
 
 fs::path cache_dir() {
@@ -92,9 +152,11 @@ std::string tail_of_file(const fs::path& p, std::size_t max_bytes = 4096) {
 
 // Everything the concurrent watchers of one start share. Lives as long as any watcher.
 struct start_run : std::enable_shared_from_this<start_run> {
-    start_run(asio::any_io_executor ex, readiness_profile rp, instance_paths p)
+    start_run(asio::any_io_executor ex, readiness_profile rp, instance_paths p,
+              std::size_t tail_lines)
         : profile(std::move(rp)),
           paths(std::move(p)),
+          scanner(default_max_console_line, tail_lines),
           done(ex, clock_type::time_point::max()),
           deadline(ex),
           serial(ex),
@@ -340,7 +402,7 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     rp.failure_markers = plan.profile.failure_markers;
     rp.requires_agent = plan.profile.agent;
     rp.requires_probes = !probe_urls.empty();
-    auto run = std::make_shared<start_run>(ex, rp, paths);
+    auto run = std::make_shared<start_run>(ex, rp, paths, req.tail_lines);
     run->progress = req.progress;
     run->echo_console = req.echo_console;
     run->t0 = t0;
@@ -408,9 +470,14 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     run->feed(connected_in);
     if (try_warm) {
         auto usable = co_await ready_state_usable(*vm->qmp, paths, argv, plan.accel, plan.build_id);
-        if (usable) {
-            say("restoring the saved ready state (disk changes made since it was saved are "
-                "discarded; `start --cold` keeps them)");
+        if (usable && !ready_state_current(paths)) {
+            out.warm_note =
+                "the saved ready state is older than the disk (the VM ran after it was saved "
+                "and was not stopped by `stackemu stop`): booting cold keeps what the guest "
+                "wrote";
+            say(out.warm_note);
+        } else if (usable) {
+            say("resuming the state saved at the last stop");
             const qmp::snapshot_target target{std::string(ready_state_name), "disk0", {"disk0"}};
             auto loaded = co_await qmp::snapshot_load(*vm->qmp, target, 120000ms);
             if (loaded) {
@@ -441,6 +508,8 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
             co_return result_of_attempt;
         }
     }
+    // From here the guest writes to the disk: the ready state no longer matches it.
+    set_ready_state_current(paths, false);
     auto cont = co_await qmp::cont(*vm->qmp);
     if (!cont && !run->finished) {
         run->failure = report_failure{cause::launch_failed,
@@ -515,6 +584,11 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     };
     start_outcome out;
 
+    const fs::path image =
+        req.image.value_or(provision::default_image(s.image_dir, to_string(s.guest_arch)));
+    auto m = preflight(s, paths, image);
+    if (!m) co_return fail(m.error());
+
     for (const auto& dir : {s.run_dir, paths.instance_dir, paths.vm_dir, paths.socket_dir})
         if (auto made = ensure_private_dir(dir); !made) co_return fail(made.error());
 
@@ -547,20 +621,8 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
         say("removed the stale sockets of a QEMU that had exited without a clean shutdown");
     }
 
-    const fs::path image =
-        req.image.value_or(provision::default_image(s.image_dir, to_string(s.guest_arch)));
-    auto m = provision::load_manifest(image);
-    if (!m) co_return fail(m.error());
-    auto image_arch = parse_architecture(m->arch);
-    if (!image_arch) co_return fail(image_arch.error());
-    if (*image_arch != s.guest_arch)
-        co_return fail(
-            errc::invalid_argument,
-            fmt::format("the image {} is for {}, but EMULATOR_ARCH/--arch is {}: pick the "
-                        "image for {} or set the architecture to {}",
-                        image.string(), m->arch, to_string(s.guest_arch), to_string(s.guest_arch),
-                        m->arch));
-    if (auto made = ensure_overlay(paths, *m, say); !made) co_return fail(made.error());
+    if (auto made = ensure_overlay(paths, *m, say, req.disk_bytes); !made)
+        co_return fail(made.error());
 
     const auto forwards = resolve_forwards(m->prof, s);
     if (auto free = check_ports_free(forwards); !free) co_return fail(free.error());
@@ -603,6 +665,13 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     for (const auto& f : forwards)
         spec.forwards.push_back({f.host_port, f.guest_port});
     spec.files = files_of(paths);
+    for (const auto& [path, purpose] : req.extra_isos)
+        spec.isos.push_back({path, purpose == "bundle" ? iso_purpose::bundle : iso_purpose::seed});
+    if (req.runtime_config) {
+        auto config = write_runtime_config(paths, forwards);
+        if (!config) co_return fail(config.error());
+        spec.isos.push_back({*config, iso_purpose::config});
+    }
     const auto argv = build_qemu_argv(spec);
 
     std::vector<std::string> probe_urls;

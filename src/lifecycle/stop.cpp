@@ -14,6 +14,7 @@
 #include "lifecycle/controller_detail.hpp"
 #include "lifecycle/instance_lock.hpp"
 #include "lifecycle/qemu_argv.hpp"
+#include "lifecycle/snapshot.hpp"
 #include "lifecycle/stop_ladder.hpp"
 #include "lifecycle/vm_process.hpp"
 #include "qmp/client.hpp"
@@ -62,7 +63,11 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
         const auto t0 = clock_type::now();
         std::string rung = "powerdown";
         bool asked = false;
-        if (in.agent_socket) {
+        if (in.await_guest_poweroff) {
+            asked = true;
+            rung = "guest-poweroff";
+            say("waiting for the guest to power itself off");
+        } else if (in.agent_socket) {
             qmp::qga::client_options qo;
             qo.connect_timeout = 1000ms;
             qo.sync_timeout = 1500ms;
@@ -268,6 +273,17 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
         std::chrono::duration_cast<std::chrono::milliseconds>(req.inst.config.stop_timeout));
     auto saved = detail::read_state(paths);
     if (saved.value("agent", false)) in.agent_socket = paths.qga_socket;
+    // Fast start on: keep the state as it is now, so the next start resumes it with every
+    // write the guest made (a stale ready state would discard them).
+    auto refreshed = co_await refresh_ready_state(req.inst, *vm->qmp);
+    if (refreshed) {
+        if (req.progress)
+            req.progress(fmt::format("saved the running state for the next start ({:.0f} ms)",
+                                     refreshed->total_ms));
+    } else if (refreshed.error().code != errc::not_found && req.progress) {
+        req.progress("the next start will boot cold: the running state was not saved (" +
+                     refreshed.error().what() + ")");
+    }
     detail::update_state(paths, json{{"state", "stopping"}});
     auto out = co_await detail::run_ladder(in);
     detail::remove_sockets(paths);
@@ -278,9 +294,24 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
     co_return out;
 }
 
+// An instance never started (or removed) has no vm/ directory: nothing runs there, and a lock
+// file is not made just to find that out.
+bool never_started(const instance_paths& paths) {
+    std::error_code ec;
+    return !std::filesystem::exists(paths.vm_dir, ec);
+}
+
+stop_outcome not_started() {
+    stop_outcome out;
+    out.rung = "none";
+    out.note = "not running (never started)";
+    return out;
+}
+
 }  // namespace
 
 asio::awaitable<result<stop_outcome>> stop(stop_request req) {
+    if (never_started(req.inst.paths)) co_return not_started();
     auto lock = try_acquire(req.inst.paths.lock.string(), req.operation);
     if (!lock) co_return fail(lock.error());
     co_return co_await stop_locked(std::move(req));
@@ -288,6 +319,7 @@ asio::awaitable<result<stop_outcome>> stop(stop_request req) {
 
 asio::awaitable<result<stop_outcome>> reset(stop_request req) {
     const auto paths = req.inst.paths;
+    if (never_started(paths)) co_return not_started();
     auto lock = try_acquire(paths.lock.string(), "reset");
     if (!lock) co_return fail(lock.error());
     auto stopped = co_await stop_locked(std::move(req));
@@ -305,6 +337,8 @@ asio::awaitable<result<stop_outcome>> reset(stop_request req) {
 
 asio::awaitable<result<void>> set_paused(instance inst, bool paused) {
     const auto& paths = inst.paths;
+    if (never_started(paths))
+        co_return fail(errc::wrong_state, "the emulator is not running: `stackemu start` first");
     auto lock = try_acquire(paths.lock.string(), paused ? "pause" : "resume");
     if (!lock) co_return fail(lock.error());
     std::error_code ec;

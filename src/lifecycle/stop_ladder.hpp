@@ -50,6 +50,9 @@ struct ladder_inputs {
     std::chrono::milliseconds first_rung_budget{90000};
     std::optional<std::filesystem::path> agent_socket;  // try guest-shutdown first
     bool skip_guest_rung = false;                       // a failed VM: straight to quit
+    // The guest is powering itself off (build-image after its done marker): the first rung
+    // only waits for its SHUTDOWN, within first_rung_budget.
+    bool await_guest_poweroff = false;
 };
 // Runs the rungs until the process is gone; never fails (the last rung is SIGKILL).
 asio::awaitable<stop_outcome> run_ladder(ladder_inputs in);

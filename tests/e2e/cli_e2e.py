@@ -184,8 +184,36 @@ def scenario_warm(inst):
     body = urllib.request.urlopen(f"http://127.0.0.1:{inst.backend_port}/health?db=1",
                                   timeout=10).read()
     check(len(body) > 0, "the forwarded backend port gave no body after a warm start")
+    # What the guest writes after a warm start survives stop -> start: stop saves the state
+    # afresh, so the next start resumes it instead of discarding the write.
+    p, _ = inst.run("exec", "--", "sh", "-c", "echo kept-across-stop > /data/warm-check && sync")
+    check(p.returncode == 0, f"writing in the guest failed: {p.stdout} {p.stderr}")
     p, _ = inst.run("stop")
     check(p.returncode == 0, f"stop after a warm start was not clean: {p.stdout}")
+    p, _ = inst.start("--json")
+    check(p.returncode == 0 and json.loads(p.stdout)["warm"], f"second warm start: {p.stdout}")
+    p, _ = inst.run("exec", "--", "cat", "/data/warm-check")
+    check(p.returncode == 0 and "kept-across-stop" in p.stdout,
+          f"a write made before stop was lost by the warm start: {p.stdout} {p.stderr}")
+    # A VM that ends without `stackemu stop` (here: killed) leaves a stale ready state: the
+    # next start boots cold, keeping the disk, and says why.
+    p, _ = inst.run("exec", "--", "sh", "-c", "echo after-save > /data/warm-check2 && sync")
+    check(p.returncode == 0, f"writing in the guest failed: {p.stdout} {p.stderr}")
+    for pid in inst.qemu_pids():
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not inst.qemu_pids():
+            break
+        time.sleep(0.05)
+    p, _ = inst.start("--json")
+    out = json.loads(p.stdout) if p.returncode == 0 else {}
+    check(p.returncode == 0 and not out["warm"] and "older than the disk" in out["warm_note"],
+          f"a stale ready state was used: {p.stdout} {p.stderr}")
+    p, _ = inst.run("exec", "--", "cat", "/data/warm-check2")
+    check(p.returncode == 0 and "after-save" in p.stdout,
+          f"the cold boot lost a write: {p.stdout} {p.stderr}")
+    p, _ = inst.run("stop")
+    check(p.returncode == 0, f"stop after the cold boot was not clean: {p.stdout}")
     # --cold boots from scratch although the state fits.
     p, _ = inst.start("--json", "--cold")
     check(p.returncode == 0 and not json.loads(p.stdout)["warm"], "--cold used the ready state")
