@@ -7,9 +7,34 @@ target_compile_options(stackemu_options INTERFACE
   # (-Wnull-dereference is left out for the same reason: it fires inside Asio's scheduler.)
   -Wno-mismatched-new-delete
   -Werror)
+# Debian 12's default clang (14) cannot compile us: libstdc++ 12 declares std::expected only
+# when __cpp_concepts >= 202002L, for conditionally trivial special members (P0848). clang 16
+# implements P0848 but reports 201907L until clang 19, so the value is raised for 16 to 18.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+  if(CMAKE_CXX_COMPILER_VERSION VERSION_LESS 16)
+    message(FATAL_ERROR "clang ${CMAKE_CXX_COMPILER_VERSION} cannot compile stackemu: libstdc++'s "
+      "std::expected needs clang 16 or later. On Debian 12: apt-get install clang-16 and "
+      "configure with CC=clang-16 CXX=clang++-16.")
+  elseif(CMAKE_CXX_COMPILER_VERSION VERSION_LESS 19)
+    target_compile_options(stackemu_options INTERFACE -U__cpp_concepts -D__cpp_concepts=202002L)
+  endif()
+endif()
+
 if(STACKEMU_SANITIZE)
   target_compile_options(stackemu_options INTERFACE
-    -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+    -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  target_link_options(stackemu_options INTERFACE -fsanitize=address,undefined)
+endif()
+
+# libFuzzer: our code carries coverage instrumentation and the sanitizers; only the fuzz/
+# executables link the fuzzer's main.
+if(STACKEMU_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "STACKEMU_FUZZ needs clang's libFuzzer: configure with CC=clang-16 "
+      "CXX=clang++-16 (Debian 12: apt-get install clang-16 libclang-rt-16-dev), or run scripts/fuzz")
+  endif()
+  target_compile_options(stackemu_options INTERFACE -fsanitize=fuzzer-no-link,address,undefined
+    -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_link_options(stackemu_options INTERFACE -fsanitize=address,undefined)
 endif()
 

@@ -1,8 +1,11 @@
 // `stackemu bench`: N cold starts to ready and N stops, each split into phases, with
 // min/p50/p95/max (upstream printed one whole-second sample: defect 7).
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <asio.hpp>
+#include <cmath>
 #include <iostream>
 #include <map>
 
@@ -23,7 +26,8 @@ json summary(std::vector<double> samples) {
     if (samples.empty()) return json::object();
     std::sort(samples.begin(), samples.end());
     auto at = [&](double q) {
-        const auto i = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1) + 0.5);
+        const auto i =
+            static_cast<std::size_t>(std::lround(q * static_cast<double>(samples.size() - 1)));
         return samples[std::min(i, samples.size() - 1)];
     };
     return {{"n", samples.size()},
@@ -61,8 +65,12 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
             auto pre = run_on_context(stop(first_stop));
             if (!pre) return report("bench", pre.error());
 
-            std::map<std::string, std::vector<double>> start_phases, stop_rungs;
-            std::vector<double> start_total, stop_total, after_shutdown, warm_total;
+            std::map<std::string, std::vector<double>> start_phases;
+            std::map<std::string, std::vector<double>> stop_rungs;
+            std::vector<double> start_total;
+            std::vector<double> stop_total;
+            std::vector<double> after_shutdown;
+            std::vector<double> warm_total;
             std::string accel;
             // Cold and warm side by side: odd runs boot cold, even runs restore the saved ready
             // state when there is one that fits (the warm column stays empty otherwise).

@@ -1,4 +1,5 @@
 // `stackemu doctor`: checks what a start needs and says what to fix.
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -1,4 +1,5 @@
 // exec and cp: a command or a file in the guest through its agent, without SSH.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -103,7 +104,7 @@ void add_exec(CLI::App& app, std::function<int()>& action) {
     auto x = std::make_shared<extra>();
     cmd->add_option("--timeout", x->timeout_s,
                     "seconds the command gets; then it is killed and stackemu exits 124")
-        ->check(CLI::Range(0.001, static_cast<double>(max_timeout_seconds)));
+        ->check(seconds_within(0.001, static_cast<double>(max_timeout_seconds)));
     auto* with_stdin = cmd->add_flag("--stdin", x->force_stdin,
                                      "pass stdin even when it is a terminal (until end of file)");
     cmd->add_flag("-n,--no-stdin", x->no_stdin, "give the command /dev/null as stdin")

@@ -1,4 +1,5 @@
 // start, stop, status, reset, list, pause, resume: thin shells over src/lifecycle.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -36,6 +37,14 @@ json phases_json(const std::vector<phase_time>& phases) {
     for (const auto& p : phases)
         j.push_back({{"phase", p.name}, {"ms", p.ms}});
     return j;
+}
+
+// A guest can print a line of any length (the scanner keeps 64 KiB of one): the report shows
+// its start and says how much is left out; serial.log has it whole.
+std::string shorten_console_line(const std::string& line) {
+    constexpr std::size_t shown = 400;
+    if (line.size() <= shown) return line;
+    return fmt::format("{} [... {} more bytes]", line.substr(0, shown), line.size() - shown);
 }
 
 int settings_error(std::string_view command, const error& e) {
@@ -117,7 +126,7 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                     fmt::print(stderr, "--- last {} console lines ({}) ---\n", r.last_lines.size(),
                                paths.serial_log.string());
                     for (const auto& l : r.last_lines)
-                        fmt::print(stderr, "{}\n", l);
+                        fmt::print(stderr, "{}\n", shorten_console_line(l));
                     fmt::print(stderr, "---\n");
                 }
                 fmt::print(stderr, "{}\n",
@@ -175,6 +184,7 @@ void add_stop(CLI::App& app, std::function<int()>& action) {
                     steps += fmt::format("{}{} {:.0f} ms", steps.empty() ? "" : ", ", p.name, p.ms);
                 fmt::print("stopped {} in {:.2f} s by {} ({})\n", r.clean ? "cleanly" : "forcibly",
                            r.total_ms / 1000, r.rung, steps);
+                if (!r.note.empty()) fmt::print("{}\n", r.note);
             }
             return code;
         };

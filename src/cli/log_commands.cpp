@@ -60,13 +60,13 @@ void follow(const fs::path& p, std::uintmax_t offset,
         std::string chunk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         offset += chunk.size();
         partial += chunk;
-        for (std::size_t nl; (nl = partial.find('\n')) != std::string::npos;) {
+        for (std::size_t nl = 0; (nl = partial.find('\n')) != std::string::npos;) {
             emit(partial.substr(0, nl));
             partial.erase(0, nl + 1);
         }
     };
     drain();
-    std::array<char, 4096> events;
+    std::array<char, 4096> events{};
     std::function<void()> arm = [&] {
         watch.async_read_some(asio::buffer(events), [&](std::error_code ec, std::size_t) {
             if (ec) return;

@@ -1,21 +1,30 @@
 // stackemu: runs a whole backend inside one QEMU VM and controls it over QMP.
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <functional>
 
-#include "cli/instance_options.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 
-namespace stackemu::cli {
+namespace {
 
-std::string default_monitor_socket() {
-    instance_options defaults;
-    auto inst = resolve_instance(defaults);
-    return inst ? inst->paths.monitor_socket.string() : std::string();
+// CLI11 reports an unknown command word as "A subcommand is required": name it, and the
+// commands there are. True when it was one.
+bool explain_unknown_command(const CLI::App& app, int argc, char** argv) {
+    if (argc < 2 || argv[1][0] == '-' || !app.get_subcommands().empty()) return false;
+    std::string names;
+    for (const auto* sub : app.get_subcommands(std::function<bool(const CLI::App*)>{}))
+        names += (names.empty() ? "" : ", ") + sub->get_name();
+    fmt::print(stderr,
+               "stackemu: unknown command '{}'; the commands are: {} (`stackemu --help` "
+               "describes them)\n",
+               argv[1], names);
+    return true;
 }
 
-}  // namespace stackemu::cli
+}  // namespace
 
 int main(int argc, char** argv) {
     using namespace stackemu::cli;
@@ -29,6 +38,7 @@ int main(int argc, char** argv) {
     add_bench_command(app, action);
     add_doctor_command(app, action);
     add_pull_command(app, action);
+    add_build_image_command(app, action);
     add_snapshot_commands(app, action);
     add_exec_commands(app, action);
     try {
@@ -40,6 +50,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        if (explain_unknown_command(app, argc, argv)) return exit_usage;
         app.exit(e);  // prints what was wrong and the usage hint
         return exit_usage;
     }

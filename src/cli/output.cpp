@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 
 namespace stackemu::cli {
@@ -9,6 +11,20 @@ namespace stackemu::cli {
 int report(std::string_view command, const error& e) {
     fmt::print(stderr, "stackemu {}: {}\n", command, e.what());
     return exit_error;
+}
+
+CLI::Validator seconds_within(double min, double max) {
+    return CLI::Validator(
+        [min, max](std::string& text) -> std::string {
+            double value = 0;
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+            if (ec == std::errc{} && end == text.data() + text.size() && std::isfinite(value) &&
+                value >= min && value <= max)
+                return {};
+            return fmt::format("must be a number of seconds from {} to {} (got '{}')", min, max,
+                               text);
+        },
+        fmt::format("SECONDS in [{} - {}]", min, max));
 }
 
 long peak_rss_kib() {

@@ -1,6 +1,7 @@
 // How every subcommand reports: errors on stderr as "stackemu: <what>", a fixed exit code.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <asio.hpp>
 #include <string_view>
 
@@ -24,6 +25,10 @@ T run_on_context(asio::awaitable<T> task) {
     ctx.run();
     return fut.get();
 }
+
+// A CLI11 check for a number of seconds (fractions allowed) from `min` to `max`: the message
+// says what was given and what is accepted, also for text that is no number at all.
+CLI::Validator seconds_within(double min, double max);
 
 // This process's peak resident set in KiB (VmHWM: unlike getrusage, not inflated by the
 // memory of whatever exec'd us), for --json outputs and benchmarks.

@@ -1,8 +1,10 @@
 // `stackemu pull`: downloads a prebuilt image and its manifest into the image directory.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -50,7 +52,7 @@ std::string human_bytes(std::uint64_t n) {
 }
 
 std::string human_duration(double seconds) {
-    const auto s = static_cast<long>(seconds + 0.5);
+    const long s = std::lround(seconds);
     if (s < 60) return fmt::format("{}s", s);
     if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
     return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);

@@ -2,16 +2,18 @@
 //
 // It talks to the second monitor (monitor.sock), never the controller's, so an ad-hoc session
 // never blocks stackemu itself. --scratch launches a throwaway QEMU (`-M none`) to talk to.
-#include <stdlib.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
+#include "cli/instance_options.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 #include "lifecycle/process.hpp"
@@ -41,9 +43,8 @@ result<qmp_request> parse_request(std::string_view text) {
         auto whole = json::parse(trimmed, nullptr, false);
         if (whole.is_discarded() || !whole.is_object() || !whole.contains("execute") ||
             !whole["execute"].is_string())
-            return fail(
-                errc::invalid_argument,
-                "a JSON command must look like {\"execute\": \"NAME\", \"arguments\": {...}}");
+            return fail(errc::invalid_argument,
+                        R"(a JSON command must look like {"execute": "NAME", "arguments": {...}})");
         qmp_request r{whole["execute"].get<std::string>(),
                       whole.value("arguments", json::object())};
         if (!r.arguments.is_object())
@@ -74,6 +75,9 @@ struct scratch_qemu {
     fs::path dir;
     std::string socket;
 
+    scratch_qemu() = default;
+    scratch_qemu(const scratch_qemu&) = delete;  // one owner removes the directory
+    scratch_qemu& operator=(const scratch_qemu&) = delete;
     ~scratch_qemu() {
         std::error_code ignored;
         if (!dir.empty()) fs::remove_all(dir, ignored);
@@ -122,10 +126,18 @@ asio::awaitable<int> run_requests(qmp_run job) {
         co_return report("qmp", e);
     }
     int code = exit_ok;
-    auto one = [&](const qmp_request& r) -> asio::awaitable<bool> {
+    auto one = [&](qmp_request r) -> asio::awaitable<bool> {
         auto reply = co_await c->execute(r.name, r.arguments, job.timeout);
         if (!reply) {
-            code = report("qmp", reply.error());
+            auto e = reply.error();
+            // The client's own text speaks to a library user; say what it means here.
+            if (e.code == errc::message_too_large)
+                e.message = fmt::format(
+                    "the reply to {} was larger than {} MiB, the most stackemu reads in one QMP "
+                    "message, so the connection was dropped (nothing was changed): a real QEMU "
+                    "never answers that much; check that {} is QEMU's monitor",
+                    r.name, qmp::default_max_message >> 20, job.socket);
+            code = report("qmp", e);
             co_return false;
         }
         print_reply(*reply, job.pretty);
@@ -178,7 +190,7 @@ void add_qmp_command(CLI::App& app, std::function<int()>& action) {
     cmd->add_option("--qemu", o->qemu, "QEMU binary for --scratch")->capture_default_str();
     cmd->add_flag("--pretty", o->pretty, "indent the JSON output");
     cmd->add_option("--timeout", o->timeout, "seconds to wait for each reply")
-        ->check(CLI::Range(0.001, 86400.0))
+        ->check(seconds_within(0.001, 86400.0))
         ->capture_default_str();
     cmd->callback([o, &action] {
         action = [o]() -> int {
@@ -209,7 +221,9 @@ void add_qmp_command(CLI::App& app, std::function<int()>& action) {
             } else if (!o->socket.empty()) {
                 job.socket = o->socket;
             } else {
-                job.socket = default_monitor_socket();
+                auto inst = resolve_instance(instance_options{});
+                if (!inst) return report("qmp", inst.error()) + 1;  // settings: exit 2
+                job.socket = inst->paths.monitor_socket.string();
             }
             asio::io_context ctx;
             auto done = asio::co_spawn(ctx, run_requests(std::move(job)), asio::use_future);

@@ -13,10 +13,8 @@ void add_log_commands(CLI::App& app, std::function<int()>& action);
 void add_bench_command(CLI::App& app, std::function<int()>& action);
 void add_doctor_command(CLI::App& app, std::function<int()>& action);
 void add_pull_command(CLI::App& app, std::function<int()>& action);
+void add_build_image_command(CLI::App& app, std::function<int()>& action);
 void add_snapshot_commands(CLI::App& app, std::function<int()>& action);
 void add_exec_commands(CLI::App& app, std::function<int()>& action);
-
-// The default instance's ad-hoc monitor (upstream's vm/monitor.sock under EMULATOR_RUN_DIR).
-std::string default_monitor_socket();
 
 }  // namespace stackemu::cli

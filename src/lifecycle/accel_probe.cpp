@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -10,11 +9,13 @@
 #include <unistd.h>
 
 #include <asio.hpp>
+#include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-extern char** environ;
+// POSIX declares it for programs to declare; <unistd.h> has it only under _GNU_SOURCE.
+extern char** environ;  // NOLINT(readability-redundant-declaration)
 
 namespace stackemu::lifecycle {
 namespace {
@@ -37,8 +38,11 @@ std::string find_on_path(const std::string& binary) {
     std::stringstream dirs(path ? path : "/usr/bin:/bin");
     std::string dir;
     while (std::getline(dirs, dir, ':'))
-        if (!dir.empty() && ::access((dir + "/" + binary).c_str(), X_OK) == 0)
-            return dir + "/" + binary;
+        if (dir.empty()) continue;
+    std::string candidate = dir;
+    candidate += '/';
+    candidate += binary;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
     return binary;
 }
 
@@ -96,6 +100,7 @@ asio::awaitable<verdict> boot_under_kvm(std::string qemu, std::string kernel,
                                      "-append",
                                      "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"};
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args)
         argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -123,7 +128,7 @@ asio::awaitable<verdict> boot_under_kvm(std::string qemu, std::string kernel,
     });
     std::string seen;
     bool banner = false;
-    std::array<char, 4096> buf;
+    std::array<char, 4096> buf{};
     for (;;) {
         std::error_code ec;
         std::size_t n = co_await pipe.async_read_some(

@@ -10,7 +10,7 @@
 
 namespace stackemu::lifecycle {
 
-inline constexpr std::size_t default_max_console_line = 64 * 1024;
+inline constexpr std::size_t default_max_console_line = std::size_t{64} * 1024;
 inline constexpr std::size_t default_console_history = 40;  // upstream prints the last 40 lines
 
 struct console_text_line {

@@ -100,6 +100,9 @@ struct stop_outcome {
     std::vector<phase_time> rungs;  // how long each rung that ran took
     double total_ms = 0;
     std::string note;  // e.g. "QEMU had already exited (crashed)"
+    // QEMU exited on its own, without a SHUTDOWN event, while the ladder only asked (the guest
+    // rung, or a quit it never acted on): it crashed or was killed.
+    bool crashed = false;
     // From the guest's SHUTDOWN event to QEMU's exit being seen: the controller's own delay.
     std::optional<double> exit_after_shutdown_ms;
 };

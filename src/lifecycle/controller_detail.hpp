@@ -18,5 +18,9 @@ std::string now_iso8601();
 double ms_since(std::chrono::steady_clock::time_point t0);
 // Removes socket files a dead QEMU left behind (a clean QEMU removes its own).
 void remove_sockets(const instance_paths& paths);
+// state.json (`saved`) still says a start or a stop was under way, and no command holds the
+// lock: that command ended without its verdict (killed, or the host went down). What to tell
+// people about the VM it left running; empty when nothing was interrupted.
+std::string interrupted_command_note(const nlohmann::json& saved);
 
 }  // namespace stackemu::lifecycle::detail

@@ -39,6 +39,43 @@ std::unexpected<error> io_failure(std::string_view what, const std::string& path
     return fail(errc::io_error, fmt::format("{} {}: {}", what, path, std::strerror(errno)));
 }
 
+// What to do when a directory cannot be made or written, by errno; empty when unknown.
+std::string_view dir_remedy(int err) {
+    switch (err) {
+        case ENOTDIR:
+            return "; a part of that path is a file, not a directory: choose another directory "
+                   "(e.g. another EMULATOR_RUN_DIR)";
+        case EROFS:
+            return "; the file system is read-only: choose a directory on a writable one "
+                   "(e.g. another EMULATOR_RUN_DIR)";
+        case EPERM:
+        case EACCES:
+            return "; the directory is read-only or immutable (`lsattr -d` shows an 'i'): make "
+                   "it writable or choose another directory (e.g. another EMULATOR_RUN_DIR)";
+        case ENOSPC:
+        case EDQUOT:
+            return "; the disk is full: free some space";
+        default:
+            return "";
+    }
+}
+
+// io_failure with what to do about errno.
+std::unexpected<error> dir_failure(std::string_view what, const std::string& path) {
+    const int err = errno;
+    return fail(errc::io_error,
+                fmt::format("{} {}: {}{}", what, path, std::strerror(err), dir_remedy(err)));
+}
+
+std::unexpected<error> not_ours(const std::string& path, uid_t owner) {
+    const uid_t me = ::geteuid();
+    return fail(errc::wrong_state,
+                fmt::format("{} belongs to {}, not to you ({}): stackemu uses only directories "
+                            "of its own user; choose another directory (e.g. another "
+                            "EMULATOR_RUN_DIR) or change its owner",
+                            path, user_name(owner), user_name(me)));
+}
+
 result<void> write_all(int fd, std::string_view bytes, const std::string& path) {
     while (!bytes.empty()) {
         const auto n = ::write(fd, bytes.data(), bytes.size());
@@ -58,11 +95,12 @@ result<void> ensure_private_dir(const std::string& path) {
         std::error_code ec;
         fs::create_directories(dir.parent_path(), ec);
         if (ec)
-            return fail(errc::io_error, fmt::format("cannot create {}: {}",
-                                                    dir.parent_path().string(), ec.message()));
+            return fail(errc::io_error,
+                        fmt::format("cannot create {}: {}{}", dir.parent_path().string(),
+                                    ec.message(), dir_remedy(ec.value())));
     }
     if (::mkdir(path.c_str(), private_dir_mode) != 0 && errno != EEXIST)
-        return io_failure("cannot create", path);
+        return dir_failure("cannot create", path);
 
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return io_failure("cannot stat", path);
@@ -71,16 +109,24 @@ result<void> ensure_private_dir(const std::string& path) {
                     fmt::format("{} exists and is not a directory: move it away or choose "
                                 "another directory",
                                 path));
-    const uid_t me = ::geteuid();
-    if (st.st_uid != me)
-        return fail(errc::wrong_state,
-                    fmt::format("{} belongs to {}, not to you ({}): choose another directory "
-                                "(e.g. another EMULATOR_RUN_DIR) or change its owner",
-                                path, user_name(st.st_uid), user_name(me)));
+    if (st.st_uid != ::geteuid()) return not_ours(path, st.st_uid);
     // Ours but open to others (e.g. made by an older version or by hand), or narrowed by the
     // umask: make it exactly 0700.
     if ((st.st_mode & 07777) != private_dir_mode && ::chmod(path.c_str(), private_dir_mode) != 0)
-        return io_failure("cannot make private (chmod 0700)", path);
+        return dir_failure("cannot make private (chmod 0700)", path);
+    // Root passes permission bits but not an immutable flag or a read-only mount: say so now
+    // rather than at the first file written inside.
+    if (::access(path.c_str(), W_OK) != 0) return dir_failure("cannot write to", path);
+    return {};
+}
+
+result<void> check_dir_owner(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return {};  // nothing there yet
+        return io_failure("cannot stat", path);
+    }
+    if (st.st_uid != ::geteuid()) return not_ours(path, st.st_uid);
     return {};
 }
 

@@ -15,6 +15,11 @@ namespace stackemu::lifecycle {
 // something that is not a directory, is an error that says what to do.
 result<void> ensure_private_dir(const std::string& path);
 
+// An existing directory must belong to the invoking user, as ssh demands of ~/.ssh: another
+// user's directory could hold sockets that pose as our QEMU. A missing one passes (it will be
+// made ours). The error says whose it is and what to do.
+result<void> check_dir_owner(const std::string& path);
+
 // Replaces `path` with `bytes` so a reader sees the old or the new content, never a mix, even
 // after a crash: a temporary file in the same directory, fsync, rename, fsync the directory.
 result<void> write_file_atomically(const std::string& path, std::string_view bytes,

@@ -337,7 +337,7 @@ asio::awaitable<result<guest_command_outcome>> run_streamed_body(qga::client& ag
     // none of the command's words is ever parsed by it.
     qga::exec_request request;
     request.path = "/bin/sh";
-    request.args = {"-c", "o=$1; e=$2; shift 2; exec \"$@\" >\"$o\" 2>\"$e\"", "stackemu-exec",
+    request.args = {"-c", R"(o=$1; e=$2; shift 2; exec "$@" >"$o" 2>"$e")", "stackemu-exec",
                     files.out_path, files.err_path};
     request.args.insert(request.args.end(), cmd.argv.begin(), cmd.argv.end());
     request.input_data = cmd.input;
@@ -649,6 +649,41 @@ asio::awaitable<result<qga::client>> open_agent(instance inst, agent_options o) 
     co_return std::move(*agent);
 }
 
+// Where a file from the guest lands: into a host directory under its own name, as with cp(1).
+fs::path host_target(const std::string& guest_path, const std::string& host_path) {
+    fs::path target(host_path);
+    std::error_code ec;
+    if (host_path.ends_with('/') || fs::is_directory(target, ec))
+        target /= fs::path(guest_path).filename();
+    return target;
+}
+
+// The host side of a copy, checked before the instance is locked: a source that cannot be
+// read or a destination directory that does not exist is refused with nothing touched.
+result<void> check_host_side(const copy_spec& spec) {
+    if (spec.direction == copy_direction::to_guest) {
+        fd_guard fd(::open(spec.host_path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (fd.get() < 0) {
+            const int err = errno;
+            return fail(err == ENOENT ? errc::not_found : errc::io_error,
+                        fmt::format("cannot read {}: {}", spec.host_path, std::strerror(err)));
+        }
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+            return fail(
+                errc::invalid_argument,
+                fmt::format("{} is not a regular file: cp copies one file", spec.host_path));
+        return {};
+    }
+    fs::path dir = host_target(spec.guest_path, spec.host_path).parent_path();
+    if (dir.empty()) dir = ".";
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+        return fail(errc::not_found,
+                    fmt::format("the host directory {} does not exist", dir.string()));
+    return {};
+}
+
 result<instance_lock> lock_running(const instance& inst, std::string operation) {
     std::error_code ec;
     if (!fs::exists(inst.paths.qmp_socket, ec))
@@ -717,7 +752,9 @@ result<copy_spec> parse_copy_args(std::string_view source, std::string_view dest
     if (!guest.starts_with('/'))
         return fail(errc::invalid_argument,
                     fmt::format("the guest path `{}` is not absolute: write guest:/path", guest));
-    if (host.empty()) return fail(errc::invalid_argument, "the host path is empty");
+    if (host.empty())
+        return fail(errc::invalid_argument,
+                    "the host path is empty: name a file or directory, e.g. ./data.sql or .");
     if (spec.direction == copy_direction::from_guest && guest.ends_with('/'))
         return fail(errc::invalid_argument,
                     fmt::format("guest:{} names a directory: cp copies one file", guest));
@@ -784,11 +821,10 @@ asio::awaitable<result<copy_outcome>> copy_from_guest(qga::client& agent, std::s
         co_return fail(
             errc::invalid_argument,
             fmt::format("{} names a directory: cp copies one file", guest_name(guest_path)));
-    fs::path target(host_path);
-    std::error_code ec;
-    if (host_path.ends_with('/') || fs::is_directory(target, ec)) target /= name;
+    fs::path target = host_target(guest_path, host_path);
     fs::path dir = target.parent_path();
     if (dir.empty()) dir = ".";
+    std::error_code ec;
     if (!fs::is_directory(dir, ec))
         co_return fail(errc::not_found,
                        fmt::format("the host directory {} does not exist", dir.string()));
@@ -844,6 +880,7 @@ asio::awaitable<result<guest_command_outcome>> guest_exec(instance inst, guest_c
 
 asio::awaitable<result<copy_outcome>> guest_copy(instance inst, copy_spec spec,
                                                  agent_options options) {
+    if (auto host = check_host_side(spec); !host) co_return fail(host.error());
     auto lock = lock_running(inst, "cp");
     if (!lock) co_return fail(lock.error());
     auto agent = co_await open_agent(inst, options);

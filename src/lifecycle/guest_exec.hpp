@@ -53,7 +53,7 @@ struct agent_options {
     std::chrono::milliseconds first_poll{10};
     std::chrono::milliseconds max_poll{200};
     // Bytes per guest-file-read/-write (48 KiB: 64 KiB of base64 on the wire).
-    std::size_t chunk_bytes = 48 * 1024;
+    std::size_t chunk_bytes = std::size_t{48} * 1024;
     // How long the guest's `kill` gets, and the killed process to be reported gone.
     std::chrono::milliseconds kill_budget{3000};
 };

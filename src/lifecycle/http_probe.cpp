@@ -37,12 +37,15 @@ void init_curl_once() {
     [[maybe_unused]] static const CURLcode init = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+CURLM* new_multi() {
+    init_curl_once();
+    return curl_multi_init();
+}
+
 // One GET from get() until its answer, failure, cancellation or the prober's end.
 struct transfer {
     transfer(const asio::any_io_executor& ex, std::string u, milliseconds to)
-        : easy(curl_easy_init()), url(std::move(u)), timeout(to), wake(ex) {
-        errbuf[0] = '\0';
-    }
+        : easy(curl_easy_init()), url(std::move(u)), timeout(to), wake(ex) {}
     transfer(const transfer&) = delete;
     transfer& operator=(const transfer&) = delete;
     ~transfer() {
@@ -55,7 +58,7 @@ struct transfer {
     std::string body;
     bool truncated = false;
     bool attached = false;  // added to the multi handle
-    char errbuf[CURL_ERROR_SIZE];
+    char errbuf[CURL_ERROR_SIZE]{};
     std::optional<result<probe_outcome>> outcome;
     asio::steady_timer wake;  // waits for the backstop deadline; cancelled when `outcome` is set
 };
@@ -135,7 +138,7 @@ error failure_of(transfer& t, CURLcode rc) {
 }
 
 result<probe_outcome> outcome_of(transfer& t, CURLcode rc) {
-    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t.truncated))
+    if (rc != CURLE_OK && (rc != CURLE_WRITE_ERROR || !t.truncated))
         return std::unexpected(failure_of(t, rc));
     long status = 0;
     curl_off_t micros = 0;
@@ -153,9 +156,8 @@ result<probe_outcome> outcome_of(transfer& t, CURLcode rc) {
 
 class prober_state : public std::enable_shared_from_this<prober_state> {
   public:
-    explicit prober_state(asio::any_io_executor ex) : executor_(std::move(ex)), timer_(executor_) {
-        init_curl_once();
-        multi_ = curl_multi_init();
+    explicit prober_state(asio::any_io_executor ex)
+        : executor_(std::move(ex)), multi_(new_multi()), timer_(executor_) {
         if (!multi_) return;
         curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &prober_state::on_socket);
         curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
@@ -170,7 +172,7 @@ class prober_state : public std::enable_shared_from_this<prober_state> {
     bool closed() const { return closed_; }
     std::size_t in_flight() const { return transfers_.size(); }
 
-    result<void> configure(transfer& t) {
+    static result<void> configure(transfer& t) {
         if (!t.easy) return fail(errc::internal, fmt::format("{}: curl_easy_init failed", t.url));
         CURL* e = t.easy;
         const long ms = static_cast<long>(t.timeout.count());
@@ -387,7 +389,8 @@ asio::awaitable<result<probe_outcome>> perform_get(std::shared_ptr<prober_state>
         co_return fail(errc::cancelled, fmt::format("GET {}: the prober is closed", url));
 
     auto t = std::make_shared<transfer>(state->executor(), std::move(url), timeout);
-    if (auto configured = state->configure(*t); !configured) co_return fail(configured.error());
+    if (auto configured = detail::prober_state::configure(*t); !configured)
+        co_return fail(configured.error());
     if (auto added = state->attach(t); !added) co_return fail(added.error());
     attachment guard(state, t);
 

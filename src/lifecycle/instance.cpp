@@ -28,6 +28,15 @@ result<instance> open_instance(settings config) {
     return instance{std::move(config), std::move(*paths)};
 }
 
+result<void> check_instance_owner(const instance& inst) {
+    const auto& p = inst.paths;
+    std::vector<fs::path> dirs{inst.config.run_dir, p.instance_dir, p.vm_dir};
+    if (p.sockets_relocated) dirs.insert(dirs.end(), {p.socket_dir.parent_path(), p.socket_dir});
+    for (const auto& dir : dirs)
+        if (auto ok = check_dir_owner(dir.string()); !ok) return ok;
+    return {};
+}
+
 std::vector<resolved_forward> resolve_forwards(const provision::profile& p, const settings& s) {
     std::vector<resolved_forward> out;
     for (const auto& f : p.forwards) {
@@ -115,6 +124,16 @@ void remove_sockets(const instance_paths& paths) {
     for (const auto& p :
          {paths.qmp_socket, paths.monitor_socket, paths.serial_socket, paths.qga_socket})
         fs::remove(p, ignored);
+}
+
+std::string interrupted_command_note(const json& saved) {
+    const std::string state = saved.is_object() ? saved.value("state", "") : "";
+    if (state == "launching" || state == "booting")
+        return "the `stackemu start` that launched it was interrupted before the VM was ready; "
+               "`stackemu stop` ends it";
+    if (state == "stopping")
+        return "a `stackemu stop` was interrupted before QEMU exited; `stackemu stop` ends it";
+    return {};
 }
 
 }  // namespace detail

@@ -93,7 +93,7 @@ std::string utc_now() {
     ::gmtime_r(&now, &tm);
     std::array<char, 32> text{};
     const auto n = std::strftime(text.data(), text.size(), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return std::string(text.data(), n);
+    return {text.data(), n};
 }
 
 // "<pid> <operation> <started-at>\n", replacing what an earlier holder wrote.

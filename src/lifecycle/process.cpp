@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -14,11 +13,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <csignal>
 #include <cstring>
 #include <functional>
 #include <mutex>
 
-extern char** environ;
+// POSIX declares it for programs to declare; <unistd.h> has it only under _GNU_SOURCE.
+extern char** environ;  // NOLINT(readability-redundant-declaration)
 
 namespace stackemu::lifecycle {
 
@@ -484,7 +485,7 @@ std::string program_name(const std::string& argv0) {
 }  // namespace
 
 result<launch_result> launch_daemonized(std::vector<std::string> argv, std::string stderr_log_path,
-                                        launch_options options) {
+                                        const launch_options& options) {
     if (argv.empty() || argv.front().empty())
         return fail(errc::invalid_argument, "launch_daemonized: no program to run");
     const std::string& program = argv.front();
@@ -502,10 +503,12 @@ result<launch_result> launch_daemonized(std::vector<std::string> argv, std::stri
 
     std::vector<std::string> env_text = child_environment(options.env);
     std::vector<char*> child_argv;
+    child_argv.reserve(argv.size() + 1);
     for (auto& a : argv)
         child_argv.push_back(a.data());
     child_argv.push_back(nullptr);
     std::vector<char*> child_env;
+    child_env.reserve(env_text.size() + 1);
     for (auto& e : env_text)
         child_env.push_back(e.data());
     child_env.push_back(nullptr);
@@ -581,7 +584,7 @@ result<launch_result> launch_daemonized(std::vector<std::string> argv, std::stri
                                 program_name(program), options.timeout.count(), stderr_log_path));
     }
     const int status = **waited;
-    launch_result out{pid, read_tail(stderr_log_path, 64 * 1024)};
+    launch_result out{pid, read_tail(stderr_log_path, std::size_t{64} * 1024)};
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return out;
     if (WIFSIGNALED(status)) {
         auto text =
@@ -605,7 +608,8 @@ namespace stackemu::lifecycle {
 result<tool_result> run_tool(std::vector<std::string> argv) {
     if (argv.empty() || argv.front().empty())
         return fail(errc::invalid_argument, "run_tool: no program to run");
-    int out[2], err[2];
+    int out[2];
+    int err[2];
     if (::pipe2(out, O_CLOEXEC) != 0) return fail(errc::io_error, "cannot create a pipe");
     if (::pipe2(err, O_CLOEXEC) != 0) {
         ::close(out[0]);
@@ -613,6 +617,7 @@ result<tool_result> run_tool(std::vector<std::string> argv) {
         return fail(errc::io_error, "cannot create a pipe");
     }
     std::vector<char*> args;
+    args.reserve(argv.size() + 1);
     for (auto& a : argv)
         args.push_back(a.data());
     args.push_back(nullptr);

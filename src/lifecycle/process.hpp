@@ -56,7 +56,7 @@ struct launch_result {
 // is errc::process_failed with explain_launcher_failure()'s text; a launcher still running
 // after the timeout is killed (errc::timeout).
 result<launch_result> launch_daemonized(std::vector<std::string> argv, std::string stderr_log_path,
-                                        launch_options options = {});
+                                        const launch_options& options = {});
 
 // What a short tool (qemu-img, qemu --version) printed and how it ended.
 struct tool_result {

@@ -48,7 +48,7 @@ result<void> read_number(const env_lookup& env, std::string_view var, std::uint6
 template <typename T>
 result<void> read_into(const env_lookup& env, std::string_view var, std::uint64_t min,
                        std::uint64_t max, T& field) {
-    std::uint64_t value = static_cast<std::uint64_t>(field);
+    auto value = static_cast<std::uint64_t>(field);
     if (auto r = read_number(env, var, min, max, value); !r) return r;
     field = static_cast<T>(value);
     return {};
@@ -56,7 +56,7 @@ result<void> read_into(const env_lookup& env, std::string_view var, std::uint64_
 
 result<void> read_seconds(const env_lookup& env, std::string_view var,
                           std::chrono::seconds& field) {
-    std::uint64_t value = static_cast<std::uint64_t>(field.count());
+    auto value = static_cast<std::uint64_t>(field.count());
     if (auto r = read_number(env, var, 1, max_timeout_seconds, value); !r) return r;
     field = std::chrono::seconds(static_cast<std::chrono::seconds::rep>(value));
     return {};

@@ -15,6 +15,7 @@
 #include "lifecycle/instance_lock.hpp"
 #include "lifecycle/process.hpp"
 #include "lifecycle/stop_ladder.hpp"
+#include "lifecycle/vm_process.hpp"
 #include "qmp/client.hpp"
 
 namespace stackemu::lifecycle {
@@ -174,7 +175,8 @@ fingerprint_difference scalar_difference(std::string field, const std::string& s
 
 fingerprint_difference device_difference(const std::vector<std::string>& snapshot,
                                          const std::vector<std::string>& current) {
-    std::vector<std::string> only_snapshot, only_current;
+    std::vector<std::string> only_snapshot;
+    std::vector<std::string> only_current;
     for (const auto& d : snapshot)
         if (std::ranges::find(current, d) == current.end()) only_snapshot.push_back(d);
     for (const auto& d : current)
@@ -867,8 +869,22 @@ result<snapshot_outcome> delete_offline(const snapshot_request& req, clock_type:
 
 enum class operation { save, load, remove };
 
+// The controller's connection dropped mid-operation because QEMU itself is gone.
+std::unexpected<error> qemu_died_during(operation op, std::string_view name) {
+    const char* verb = op == operation::save ? "save" : op == operation::load ? "load" : "delete";
+    const char* outcome = op == operation::save   ? "was not saved"
+                          : op == operation::load ? "was not loaded"
+                                                  : "may or may not be deleted";
+    return fail(errc::job_failed,
+                fmt::format("QEMU exited during `snapshot {} {}` (it crashed or was killed), so "
+                            "the snapshot {}: `stackemu status` shows the VM, `stackemu start` "
+                            "starts it again",
+                            verb, name, outcome));
+}
+
 asio::awaitable<result<snapshot_outcome>> run_operation(snapshot_request req, operation op) {
     const auto t0 = clock_type::now();
+    const std::string name = req.name;
     if (auto ok = check_snapshot_name(req.name); !ok) co_return fail(ok.error());
     if (req.timeout <= 0ms)
         co_return fail(errc::invalid_argument, "the snapshot timeout must be positive");
@@ -888,6 +904,10 @@ asio::awaitable<result<snapshot_outcome>> run_operation(snapshot_request req, op
         else
             r = co_await delete_live(std::move(req), c, t0);
         c.close();
+        if (!r && r.error().code == errc::disconnected) {
+            const bool gone = co_await (*vm)->process->wait_exit(2000ms);
+            if (gone) co_return qemu_died_during(op, name);
+        }
         co_return r;
     }
     if (op == operation::save) co_return save_offline(req, t0);

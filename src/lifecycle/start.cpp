@@ -269,27 +269,29 @@ asio::awaitable<void> watch_agent(std::shared_ptr<start_run> run) {
     qmp::qga::client_options o;
     o.connect_timeout = 1000ms;
     o.sync_timeout = 1000ms;
-    o.command_timeout = 2000ms;
+    o.command_timeout = 5000ms;
     const qmp::endpoint ep = qmp::unix_endpoint{run->paths.qga_socket.string()};
     while (!run->finished) {
         auto agent = co_await qmp::qga::client::connect(ep, o);
         if (agent) {
             auto pong = co_await qmp::qga::ping(*agent);
-            if (pong && !run->finished && run->warm) {
-                // The restored guest's clock stands where it was when the state was saved.
-                const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::system_clock::now().time_since_epoch())
-                                     .count();
-                auto set = co_await qmp::qga::set_time(*agent, now);
-                if (set)
-                    run->mark("clock_set");
-                else if (run->progress)
-                    run->progress("could not set the guest clock: " + set.error().what());
-            }
             if (pong && !run->finished) {
                 run->mark("agent_up");
                 agent_answered input;
                 run->feed(input);
+                if (run->warm) {
+                    // The restored guest's clock stands where it was when the state was saved.
+                    // Set while the probes run: qemu-ga's hwclock -w can take a second or two
+                    // under TCG. The command's run waits for this before it returns.
+                    const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count();
+                    auto set = co_await qmp::qga::set_time(*agent, now);
+                    if (set)
+                        run->mark("clock_set");
+                    else if (run->progress)
+                        run->progress("could not set the guest clock: " + set.error().what());
+                }
                 co_return;
             }
         }
@@ -512,9 +514,15 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     set_ready_state_current(paths, false);
     auto cont = co_await qmp::cont(*vm->qmp);
     if (!cont && !run->finished) {
-        run->failure = report_failure{cause::launch_failed,
-                                      "QEMU refused to run the CPUs: " + cont.error().what()};
-        run->finish();
+        if (cont.error().code == errc::disconnected) {
+            // QEMU went away rather than refused: the state machine names that.
+            qmp_eof eof{false};
+            run->feed(eof);
+        } else {
+            run->failure = report_failure{cause::launch_failed,
+                                          "QEMU refused to run the CPUs: " + cont.error().what()};
+            run->finish();
+        }
     }
     say("guest booting");
     if (rp.requires_agent) spawn_watcher(ex, watch_agent(run));
@@ -613,6 +621,10 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
                     "the VM of a failed start is still running "
                     "(--keep-on-failure: {}); `stackemu stop` ends it",
                     saved.value("failure", "unknown cause"));
+            } else if (auto note = detail::interrupted_command_note(saved); !note.empty()) {
+                // Nobody saw it become ready (or it is half-way through a shutdown).
+                out.ready = false;
+                out.failure = "a VM is running, but " + note;
             }
             co_return out;
         }

@@ -97,10 +97,13 @@ asio::awaitable<status_outcome> status(instance inst, bool run_probes) {
         out.detail = "QEMU reports " + st->status;
         co_return out;
     }
+    // Lock-free with a start or stop still recorded: that command was interrupted.
+    const std::string interrupted = detail::interrupted_command_note(out.saved);
     if (!st->running) {
         out.state = "unhealthy";
         out.exit_code = exit_code::not_healthy;
         out.detail = "QEMU reports " + st->status;
+        if (!interrupted.empty()) out.detail += "; " + interrupted;
         co_return out;
     }
     if (saved_state == "failed") {
@@ -134,7 +137,9 @@ asio::awaitable<status_outcome> status(instance inst, bool run_probes) {
     } else {
         out.state = "unhealthy";
         out.exit_code = exit_code::not_healthy;
-        if (saved_state != "ready") out.detail = "running, but the start did not reach ready";
+        if (saved_state != "ready")
+            out.detail = interrupted.empty() ? "running, but the start did not reach ready"
+                                             : "running, but " + interrupted;
     }
     co_return out;
 }

@@ -2,12 +2,12 @@
 // button), so its databases close cleanly; then `quit`; then SIGTERM and SIGKILL, sent only
 // to the process verified through the QMP socket.
 #include <fmt/format.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <asio.hpp>
+#include <csignal>
 #include <cstring>
 
 #include "lifecycle/controller.hpp"
@@ -54,12 +54,31 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
     auto gone_within = [&](std::chrono::milliseconds budget) -> asio::awaitable<bool> {
         co_return co_await in.process->wait_exit(budget);
     };
+    // QEMU says SHUTDOWN before any exit it chooses (a guest power-off, our quit): an exit
+    // without one, before we signalled it, is a crash or a kill.
+    bool shutdown_seen = false;
+    auto crashed = [&](std::string_view while_doing) {
+        while (auto e = events.try_next())
+            shutdown_seen = shutdown_seen || e->name == "SHUTDOWN";
+        if (shutdown_seen) return;
+        out.crashed = true;
+        out.note = fmt::format(
+            "QEMU exited without a SHUTDOWN event while {}: it crashed or was killed", while_doing);
+    };
 
-    if (!in.skip_guest_rung) {
-        // A paused guest cannot see the power button: run its CPUs first.
+    bool guest_rung = !in.skip_guest_rung;
+    if (guest_rung) {
         auto st = co_await qmp::query_status(c);
-        if (st && st->status == "paused") (void)co_await qmp::cont(c);
-
+        if (st && st->status == "prelaunch") {
+            // Its CPUs never ran (a start ended before `cont`): no guest to ask, nothing to lose.
+            guest_rung = false;
+            say("the guest never ran (QEMU is in prelaunch); quitting QEMU");
+        } else if (st && st->status == "paused") {
+            // A paused guest cannot see the power button: run its CPUs first.
+            (void)co_await qmp::cont(c);
+        }
+    }
+    if (guest_rung) {
         const auto t0 = clock_type::now();
         std::string rung = "powerdown";
         bool asked = false;
@@ -97,6 +116,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
             bool guest_clean = false;
             const auto t_shutdown = clock_type::now();
             if (shutdown) {
+                shutdown_seen = true;
                 guest_clean = shutdown->data.value("guest", false);
                 append_event(in.paths, json{{"event", shutdown->name},
                                             {"data", shutdown->data},
@@ -108,6 +128,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
             out.rungs.push_back({rung, ms_since(t0)});
             if (exited && shutdown) out.exit_after_shutdown_ms = ms_since(t_shutdown);
             if (exited) {
+                if (!shutdown) crashed("the guest was asked to shut down");
                 out.clean = guest_clean;
                 out.rung = rung;
                 out.total_ms = ms_since(t_all);
@@ -124,6 +145,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
         const bool exited = co_await gone_within(q ? 10000ms : 3000ms);
         out.rungs.push_back({"quit", ms_since(t0)});
         if (exited) {
+            crashed("it was asked to quit");
             out.rung = "quit";
             out.total_ms = ms_since(t_all);
             co_return out;
@@ -287,7 +309,7 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
     detail::update_state(paths, json{{"state", "stopping"}});
     auto out = co_await detail::run_ladder(in);
     detail::remove_sockets(paths);
-    detail::update_state(paths, json{{"state", "stopped"},
+    detail::update_state(paths, json{{"state", out.crashed ? "crashed" : "stopped"},
                                      {"stopped_at", detail::now_iso8601()},
                                      {"stop_rung", out.rung},
                                      {"stop_clean", out.clean}});

@@ -42,7 +42,8 @@ std::optional<std::pair<uid_t, uid_t>> uids_of(pid_t pid) {
     while (std::getline(in, line)) {
         if (!line.starts_with("Uid:")) continue;
         std::istringstream fields(line.substr(4));
-        unsigned long real = 0, effective = 0;
+        unsigned long real = 0;
+        unsigned long effective = 0;
         if (fields >> real >> effective)
             return std::pair{static_cast<uid_t>(real), static_cast<uid_t>(effective)};
     }
@@ -142,7 +143,7 @@ asio::awaitable<bool> verified_process::wait_exit(std::chrono::milliseconds time
     co_return exited();
 }
 
-result<verified_process> verify_peer(pid_t peer_pid, std::string expected_binary) {
+result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected_binary) {
     if (peer_pid <= 0)
         return fail(errc::invalid_argument, fmt::format("verify_peer: bad pid {}", peer_pid));
     // The pidfd first: if the pid is recycled after this, the pidfd still names the old process

@@ -37,7 +37,7 @@ class verified_process {
     asio::awaitable<bool> wait_exit(std::chrono::milliseconds timeout) const;
 
   private:
-    friend result<verified_process> verify_peer(pid_t, std::string);
+    friend result<verified_process> verify_peer(pid_t, const std::string&);
     verified_process(pid_t pid, int pidfd, std::filesystem::path exe)
         : pid_(pid), pidfd_(pidfd), exe_(std::move(exe)) {}
     pid_t pid_ = -1;
@@ -50,6 +50,6 @@ class verified_process {
 // /proc/<pid>/exe), a name (looked up on PATH, or equal to the exe's file name), or empty (any
 // qemu-system-*). A different program is errc::wrong_state, another user's process
 // errc::wrong_state, a process that is gone errc::not_found.
-result<verified_process> verify_peer(pid_t peer_pid, std::string expected_binary);
+result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected_binary);
 
 }  // namespace stackemu::lifecycle

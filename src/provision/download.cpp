@@ -466,6 +466,16 @@ result<std::string> parse_sha256_hex(std::string_view text) {
     return out;
 }
 
+std::string sha256_hex(std::string_view bytes) {
+    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+    unsigned int len = 0;
+    EVP_Digest(bytes.data(), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr);
+    std::string out;
+    for (unsigned int i = 0; i < len; ++i)
+        out += fmt::format("{:02x}", digest[i]);
+    return out;
+}
+
 result<std::string> sha256_of_file(const fs::path& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return io_failure("cannot open", path.string(), errno);

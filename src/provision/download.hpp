@@ -38,6 +38,8 @@ result<void> check_download_url(std::string_view url);
 result<std::string> manifest_url_for(std::string_view image_url);
 // 64 hexadecimal digits, returned in lowercase.
 result<std::string> parse_sha256_hex(std::string_view text);
+// The SHA-256 of `bytes` in lowercase hex (OpenSSL EVP).
+std::string sha256_hex(std::string_view bytes);
 // The file's SHA-256 in lowercase hex (OpenSSL EVP).
 result<std::string> sha256_of_file(const std::filesystem::path& path);
 

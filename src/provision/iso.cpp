@@ -3,11 +3,12 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 // The struct burn_source copy in libisofs.h: we read the image ourselves, without libburn.
-#define LIBISOFS_WITHOUT_LIBBURN 1
+#define LIBISOFS_WITHOUT_LIBBURN 1  // NOLINT(cppcoreguidelines-macro-usage): libisofs.h reads it
 #include <libisofs/libisofs.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -91,7 +92,7 @@ struct source_ptr {
         std::free(p);
         p = nullptr;
     }
-    int read(unsigned char* buf, int size) {
+    int read(unsigned char* buf, int size) const {
         return p->read ? p->read(p, buf, size) : p->read_xt(p, buf, size);
     }
 };
@@ -356,8 +357,8 @@ result<void> check_iso_name(std::string_view name) {
     return {};
 }
 
-result<void> write_iso(const fs::path& out, std::string volume_label, std::vector<iso_file> files,
-                       iso_options options) {
+result<void> write_iso(const fs::path& out, const std::string& volume_label,
+                       const std::vector<iso_file>& files, iso_options options) {
     if (auto ok = check_volume_label(volume_label); !ok) return ok;
     if (out.empty() || !out.has_filename())
         return fail(errc::invalid_argument, "write_iso: the output path names no file");
@@ -459,18 +460,17 @@ bool env_key_ok(std::string_view key) {
         const char c = key[i];
         const bool upper = c >= 'A' && c <= 'Z';
         const bool digit = c >= '0' && c <= '9';
-        if (!(upper || c == '_' || (digit && i > 0))) return false;
+        if (!upper && c != '_' && (!digit || i == 0)) return false;
     }
     return true;
 }
 
 bool env_value_ok(std::string_view value) {
-    for (char c : value) {
+    return std::ranges::all_of(value, [](char c) {
         const bool alnum =
             (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-        if (!alnum && std::string_view("_.,:/@+-").find(c) == std::string_view::npos) return false;
-    }
-    return true;
+        return alnum || std::string_view("_.,:/@+-").find(c) != std::string_view::npos;
+    });
 }
 
 }  // namespace

@@ -46,8 +46,8 @@ result<void> check_iso_name(std::string_view name);
 // `out` and is renamed over it when complete: readers never see half an image, and on any
 // error nothing is left behind. Errors: invalid_argument (label, names, duplicates, a host file
 // that is not a readable regular file), io_error (writing), internal (libisofs).
-result<void> write_iso(const std::filesystem::path& out, std::string volume_label,
-                       std::vector<iso_file> files, iso_options options = {});
+result<void> write_iso(const std::filesystem::path& out, const std::string& volume_label,
+                       const std::vector<iso_file>& files, iso_options options = {});
 
 // --- The three images stackemu gives its guests -------------------------------------------
 

@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include "provision/profile_json.hpp"
+
 namespace stackemu::provision {
 namespace {
 
@@ -27,32 +29,46 @@ result<std::string> need_string(const json& j, std::string_view field, bool requ
     return it->get<std::string>();
 }
 
-result<std::uint16_t> need_port(const json& j, std::string_view field) {
-    auto it = j.find(field);
-    if (it == j.end() || !it->is_number_unsigned() || it->get<std::uint64_t>() == 0 ||
-        it->get<std::uint64_t>() > 65535)
-        return bad(field, "must be a TCP port number between 1 and 65535");
-    return static_cast<std::uint16_t>(it->get<std::uint64_t>());
-}
+}  // namespace
 
-// Markers are matched as whole console lines: they must be one printable line.
-result<void> check_marker(std::string_view field, std::string_view marker) {
-    for (unsigned char c : marker)
-        if (c < 0x20 || c == 0x7f) return bad(field, "must be one line of printable text");
-    return {};
-}
-
-result<profile> parse_profile(const json& j) {
-    if (!j.is_object()) return bad("profile", "must be an object");
+result<profile> profile_from_json(const json& j, std::string_view document,
+                                  std::string_view prefix) {
+    auto bad = [&](std::string_view field, std::string_view expected) -> std::unexpected<error> {
+        return fail(errc::invalid_argument,
+                    fmt::format("{} field \"{}{}\": {}", document, prefix, field, expected));
+    };
+    auto need_string = [&](const json& o, std::string_view field,
+                           bool required = true) -> result<std::string> {
+        auto it = o.find(field);
+        if (it == o.end()) {
+            if (required) return bad(field, "missing (a string is expected)");
+            return std::string();
+        }
+        if (!it->is_string()) return bad(field, "must be a string");
+        return it->get<std::string>();
+    };
+    auto need_port = [&](const json& o, std::string_view field) -> result<std::uint16_t> {
+        auto it = o.find(field);
+        if (it == o.end() || !it->is_number_unsigned() || it->get<std::uint64_t>() == 0 ||
+            it->get<std::uint64_t>() > 65535)
+            return bad(field, "must be a TCP port number between 1 and 65535");
+        return static_cast<std::uint16_t>(it->get<std::uint64_t>());
+    };
+    auto check_marker = [&](std::string_view field, std::string_view marker) -> result<void> {
+        for (unsigned char c : marker)
+            if (c < 0x20 || c == 0x7f) return bad(field, "must be one line of printable text");
+        return {};
+    };
+    if (!j.is_object()) return bad("", "must be an object");
     profile p;
     auto name = need_string(j, "name");
     if (!name) return std::unexpected(name.error());
     p.name = *name;
     std::set<std::string> forward_names;
     if (auto it = j.find("forwards"); it != j.end()) {
-        if (!it->is_array()) return bad("profile.forwards", "must be an array");
+        if (!it->is_array()) return bad("forwards", "must be an array");
         for (const auto& f : *it) {
-            if (!f.is_object()) return bad("profile.forwards[]", "must be objects");
+            if (!f.is_object()) return bad("forwards[]", "must be objects");
             forward fw;
             auto fname = need_string(f, "name");
             if (!fname) return std::unexpected(fname.error());
@@ -66,14 +82,14 @@ result<profile> parse_profile(const json& j) {
                 fw.host_default = *host;
             }
             if (!forward_names.insert(fw.name).second)
-                return bad("profile.forwards", fmt::format("the name {} appears twice", fw.name));
+                return bad("forwards", fmt::format("the name {} appears twice", fw.name));
             p.forwards.push_back(std::move(fw));
         }
     }
     if (auto it = j.find("probes"); it != j.end()) {
-        if (!it->is_array()) return bad("profile.probes", "must be an array");
+        if (!it->is_array()) return bad("probes", "must be an array");
         for (const auto& pr : *it) {
-            if (!pr.is_object()) return bad("profile.probes[]", "must be objects");
+            if (!pr.is_object()) return bad("probes[]", "must be objects");
             probe p1;
             auto pname = need_string(pr, "name");
             auto fwd = need_string(pr, "forward");
@@ -82,11 +98,11 @@ result<profile> parse_profile(const json& j) {
             if (!fwd) return std::unexpected(fwd.error());
             if (!path) return std::unexpected(path.error());
             if (!forward_names.contains(*fwd))
-                return bad("profile.probes[].forward",
+                return bad("probes[].forward",
                            fmt::format("probe {} names forward {}, which the profile lacks", *pname,
                                        *fwd));
             if (path->empty() || path->front() != '/')
-                return bad("profile.probes[].path", "must start with '/'");
+                return bad("probes[].path", "must start with '/'");
             p1.name = *pname;
             p1.forward = *fwd;
             p1.path = *path;
@@ -95,25 +111,26 @@ result<profile> parse_profile(const json& j) {
     }
     auto ready = need_string(j, "ready_marker", false);
     if (!ready) return std::unexpected(ready.error());
-    if (auto ok = check_marker("profile.ready_marker", *ready); !ok)
-        return std::unexpected(ok.error());
+    if (auto ok = check_marker("ready_marker", *ready); !ok) return std::unexpected(ok.error());
     p.ready_marker = *ready;
     if (auto it = j.find("failure_markers"); it != j.end()) {
-        if (!it->is_array()) return bad("profile.failure_markers", "must be an array of strings");
+        if (!it->is_array()) return bad("failure_markers", "must be an array of strings");
         for (const auto& m : *it) {
             if (!m.is_string() || m.get<std::string>().empty())
-                return bad("profile.failure_markers", "must be an array of non-empty strings");
-            if (auto ok = check_marker("profile.failure_markers", m.get<std::string>()); !ok)
+                return bad("failure_markers", "must be an array of non-empty strings");
+            if (auto ok = check_marker("failure_markers", m.get<std::string>()); !ok)
                 return std::unexpected(ok.error());
             p.failure_markers.push_back(m.get<std::string>());
         }
     }
     if (auto it = j.find("agent"); it != j.end()) {
-        if (!it->is_boolean()) return bad("profile.agent", "must be true or false");
+        if (!it->is_boolean()) return bad("agent", "must be true or false");
         p.agent = it->get<bool>();
     }
     return p;
 }
+
+namespace {
 
 fs::path resolve(const fs::path& dir, const std::string& relative) {
     fs::path p(relative);
@@ -131,11 +148,12 @@ result<manifest> parse_manifest(std::string_view text, const fs::path& dir) {
     manifest m;
     if (!j.contains("format") || !j["format"].is_number_integer())
         return bad("format", "missing (this manifest was not written by stackemu)");
-    m.format = j["format"].get<int>();
-    if (m.format != manifest_format)
+    // Compared as JSON, not through get<int>(): 4294967297 must not pass for 1.
+    if (j["format"] != manifest_format)
         return bad("format", fmt::format("version {} is not understood by this stackemu "
                                          "(it reads version {}): rebuild the image",
-                                         m.format, manifest_format));
+                                         j["format"].dump(), manifest_format));
+    m.format = manifest_format;
     auto arch = need_string(j, "arch");
     if (!arch) return std::unexpected(arch.error());
     if (*arch != "amd64" && *arch != "arm64") return bad("arch", "must be amd64 or arm64");
@@ -163,20 +181,31 @@ result<manifest> parse_manifest(std::string_view text, const fs::path& dir) {
     }
 
     if (!j.contains("profile")) return bad("profile", "missing");
-    auto prof = parse_profile(j["profile"]);
+    auto prof = profile_from_json(j["profile"], "manifest", "profile.");
     if (!prof) return std::unexpected(prof.error());
     m.prof = std::move(*prof);
 
+    // Optional strings: json::value() would throw on another type, so each is checked.
     if (auto it = j.find("base"); it != j.end() && it->is_object()) {
-        m.base_source = it->value("source", "");
-        m.base_sha256 = it->value("sha256", "");
+        auto source = need_string(*it, "source", false);
+        if (!source) return bad("base.source", "must be a string");
+        auto sha256 = need_string(*it, "sha256", false);
+        if (!sha256) return bad("base.sha256", "must be a string");
+        m.base_source = *source;
+        m.base_sha256 = *sha256;
     }
     auto build_id = need_string(j, "build_id");
     if (!build_id) return std::unexpected(build_id.error());
     if (build_id->empty()) return bad("build_id", "must not be empty");
     m.build_id = *build_id;
-    m.stackemu_version = j.value("stackemu_version", "");
-    m.created = j.value("created", "");
+    auto version = need_string(j, "stackemu_version", false);
+    if (!version) return std::unexpected(version.error());
+    m.stackemu_version = *version;
+    auto created = need_string(j, "created", false);
+    if (!created) return std::unexpected(created.error());
+    m.created = *created;
+    if (auto it = j.find("recipe"); it != j.end() && it->is_string())
+        m.recipe = it->get<std::string>();
     return m;
 }
 
@@ -214,6 +243,7 @@ std::string to_json_text(const manifest& m, const fs::path& dir) {
               {"build_id", m.build_id},
               {"stackemu_version", m.stackemu_version},
               {"created", m.created}};
+    if (!m.recipe.empty()) j["recipe"] = m.recipe;
     return j.dump(2) + "\n";
 }
 

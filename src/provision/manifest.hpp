@@ -56,6 +56,9 @@ struct manifest {
     std::string build_id;  // the overlay records it; a different build recreates the overlay
     std::string stackemu_version;
     std::string created;
+    // What build-image built it from (profile files, base, payload), hashed: `build-image
+    // --if-changed` rebuilds only when this differs. Empty for images made otherwise.
+    std::string recipe;
 };
 
 // Parses and checks a manifest's text; relative paths resolve against `dir`. Errors name the

@@ -23,7 +23,7 @@ namespace {
 constexpr auto as_tuple_awaitable = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Detached coroutines must not swallow programming errors.
-void rethrow(std::exception_ptr e) {
+void rethrow(const std::exception_ptr& e) {
     if (e) std::rethrow_exception(e);
 }
 
@@ -193,7 +193,7 @@ asio::awaitable<void> session::writer() {
 
 asio::awaitable<void> session::reader() {
     auto self = shared_from_this();
-    std::array<char, 65536> buffer;
+    std::array<char, 65536> buffer{};
     while (phase_ != phase::ended) {
         auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer), as_tuple_awaitable);
         if (phase_ == phase::ended) co_return;
@@ -308,7 +308,7 @@ event_subscription session::subscribe(event_filter filter) {
     return event_subscription(state);
 }
 
-void session::end(error why) {
+void session::end(const error& why) {
     if (phase_ == phase::ended) return;
     phase_ = phase::ended;
     end_ = why;
@@ -349,6 +349,7 @@ std::optional<pid_t> session::peer_pid() const {
     ucred cred{};
     socklen_t len = sizeof(cred);
     if (phase_ == phase::ended) return std::nullopt;
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-const-cast): Asio's native_handle() is not const
     auto fd = const_cast<stream_socket&>(socket_).native_handle();
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
         return std::nullopt;

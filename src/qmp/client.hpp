@@ -66,6 +66,8 @@ class event_subscription {
   public:
     event_subscription(event_subscription&&) noexcept;
     event_subscription& operator=(event_subscription&&) noexcept;
+    event_subscription(const event_subscription&) = delete;
+    event_subscription& operator=(const event_subscription&) = delete;
     ~event_subscription();
 
     // The next event; timeout when none arrives in time; disconnected/closed when the
@@ -97,6 +99,8 @@ class client {
     client() = default;
     client(client&&) noexcept;
     client& operator=(client&&) noexcept;
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
     ~client();  // closes the connection
 
     // Sends a command and waits for its reply. QEMU's error replies come back as

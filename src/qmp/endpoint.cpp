@@ -85,7 +85,7 @@ asio::awaitable<result<stream_socket>> open_stream(const endpoint& ep,
     auto executor = co_await asio::this_coro::executor;
     stream_socket socket(executor);
 
-    if (auto* f = std::get_if<fd_endpoint>(&ep)) {
+    if (const auto* f = std::get_if<fd_endpoint>(&ep)) {
         int type = 0;
         socklen_t len = sizeof(type);
         if (::getsockopt(f->fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
@@ -103,7 +103,7 @@ asio::awaitable<result<stream_socket>> open_stream(const endpoint& ep,
     }
 
     asio::generic::stream_protocol::endpoint target;
-    if (auto* u = std::get_if<unix_endpoint>(&ep)) {
+    if (const auto* u = std::get_if<unix_endpoint>(&ep)) {
         if (auto ok = check_unix_path(u->path); !ok) co_return fail(ok.error());
         target = asio::local::stream_protocol::endpoint(u->path);
     } else {

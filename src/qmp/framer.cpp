@@ -60,7 +60,9 @@ result<std::optional<std::string_view>> framer::next() {
             ++scan_;
             continue;
         }
-        ++scan_;
+        // Counted before the byte is looked at, so that a closing bracket cannot carry a message
+        // one byte past the cap.
+        if (++scan_ - consumed_ > max_message_) break;
         if (in_string_) {
             if (escaped_) {
                 escaped_ = false;
@@ -86,7 +88,6 @@ result<std::optional<std::string_view>> framer::next() {
                 return std::optional<std::string_view>(message);
             }
         }
-        if (scan_ - consumed_ > max_message_) break;
     }
     if (in_message_ && scan_ - consumed_ > max_message_) {
         error_ =

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace stackemu::qmp {
 
@@ -35,9 +36,17 @@ result<message> classify_greeting(const json& body) {
          {std::pair{"major", &g.version.major}, std::pair{"minor", &g.version.minor},
           std::pair{"micro", &g.version.micro}}) {
         auto it = qemu->find(key);
-        if (it == qemu->end() || !it->is_number_integer())
-            return fail(errc::bad_greeting,
-                        fmt::format("the QMP greeting's version.qemu.{} is not an integer", key));
+        // Range-checked before get<int>(), which would wrap 4294967304 around to 8.
+        constexpr std::int64_t int_max = std::numeric_limits<int>::max();
+        const bool is_version =
+            it != qemu->end() &&
+            (it->is_number_unsigned() ? it->get<std::uint64_t>() <= std::uint64_t(int_max)
+                                      : it->is_number_integer() && it->get<std::int64_t>() >= 0 &&
+                                            it->get<std::int64_t>() <= int_max);
+        if (!is_version)
+            return fail(
+                errc::bad_greeting,
+                fmt::format("the QMP greeting's version.qemu.{} is not a version number", key));
         *field = it->get<int>();
     }
     if (auto pkg = version->find("package"); pkg != version->end() && pkg->is_string())

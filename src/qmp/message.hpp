@@ -1,6 +1,7 @@
 // What a QMP message is (greeting, reply, error, event) and how commands are written: pure.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -24,7 +25,7 @@ struct qemu_version {
     auto operator<=>(const qemu_version& other) const {
         return std::tie(major, minor, micro) <=> std::tie(other.major, other.minor, other.micro);
     }
-    bool operator==(const qemu_version& other) const { return (*this <=> other) == 0; }
+    bool operator==(const qemu_version& other) const { return std::is_eq(*this <=> other); }
     std::string to_string() const;
 };
 

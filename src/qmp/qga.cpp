@@ -17,6 +17,7 @@
 #include <random>
 
 #include "common/base64.hpp"
+#include "qmp/qga_sync.hpp"
 
 namespace stackemu::qmp::qga {
 
@@ -24,9 +25,6 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 constexpr auto as_tuple_awaitable = asio::experimental::as_tuple(asio::use_awaitable);
-
-// QGA_SENTINEL_BYTE: never valid in UTF-8 JSON, so it cannot occur inside a message.
-constexpr char sentinel = '\xff';
 
 // Commands that end (or suspend) the guest and therefore never reply on success (qga-schema).
 bool never_replies(std::string_view name) {
@@ -105,8 +103,6 @@ class agent_session : public std::enable_shared_from_this<agent_session> {
     // The reply for command `id` among the framed messages, if one is complete; stale replies
     // are dropped. An error means a protocol error.
     result<std::optional<result<json>>> next_reply(std::string_view name, std::uint64_t id);
-    // Feeds what was read during a sync; true once `{"return": token}` has come.
-    bool scan_for_sync_reply(std::string_view bytes, std::int64_t token);
     error failure_after_read(read_status status, std::string_view what);
     void end(error why);
 
@@ -114,11 +110,10 @@ class agent_session : public std::enable_shared_from_this<agent_session> {
     client_options options_;
     framer framer_;
     asio::steady_timer timer_;  // deadline of the one read or write in progress
-    std::array<char, 65536> buffer_;
+    std::array<char, 65536> buffer_{};
     std::string_view last_read_;  // what the last read() gave, inside buffer_
     std::optional<error> end_;
     bool needs_resync_ = true;
-    bool seen_sentinel_ = false;
 
     bool busy_ = false;
     std::deque<std::shared_ptr<turn_waiter>> waiters_;
@@ -210,12 +205,16 @@ asio::awaitable<result<void>> agent_session::resync(milliseconds limit) {
     const std::int64_t token =
         std::uniform_int_distribution<std::int64_t>(1, (std::int64_t{1} << 53) - 1)(rng_);
     framer_.reset();
-    seen_sentinel_ = false;
+    sync_reader answer(
+        token, options_.trace ? std::function<void(std::string_view)>(
+                                    [this](std::string_view text) { options_.trace(false, text); })
+                              : nullptr);
+    const std::uint64_t stale_before = stats_.stale_replies;
 
     json request = {{"execute", "guest-sync-delimited"}, {"arguments", {{"id", token}}}};
     std::string text = request.dump() + "\n";
     if (options_.trace) options_.trace(true, text);
-    auto sent = co_await write(sentinel + text, deadline, "guest-sync-delimited");
+    auto sent = co_await write(sync_sentinel + text, deadline, "guest-sync-delimited");
     if (!sent) {
         ++stats_.failed_syncs;
         if (sent.error().code == errc::timeout) {
@@ -237,41 +236,12 @@ asio::awaitable<result<void>> agent_session::resync(milliseconds limit) {
                                            limit.count()));
             co_return fail(failure_after_read(status, "guest-sync-delimited"));
         }
-        if (scan_for_sync_reply(last_read_, token)) {
+        const bool answered = answer.feed(last_read_, framer_);
+        stats_.stale_replies = stale_before + answer.stale_replies();
+        if (answered) {
             needs_resync_ = false;
             co_return result<void>{};
         }
-    }
-}
-
-bool agent_session::scan_for_sync_reply(std::string_view bytes, std::int64_t token) {
-    // Segments between sentinels, in order: each sentinel starts a fresh parse.
-    for (;;) {
-        const auto cut = bytes.find(sentinel);
-        if (seen_sentinel_) framer_.feed(bytes.substr(0, cut));
-        bytes = cut == std::string_view::npos ? std::string_view{} : bytes.substr(cut + 1);
-        while (seen_sentinel_) {
-            auto next = framer_.next();
-            if (!next) {
-                // Garbage after an earlier client's sentinel: wait for the next sentinel.
-                framer_.reset();
-                seen_sentinel_ = false;
-                break;
-            }
-            if (!*next) break;
-            if (options_.trace) options_.trace(false, **next);
-            json msg = json::parse(**next, nullptr, /*allow_exceptions=*/false);
-            auto ret = msg.is_object() ? msg.find("return") : msg.end();
-            if (ret != msg.end() && ret->is_number_integer() && ret->get<std::int64_t>() == token) {
-                // Whatever follows belongs to later commands: keep it framed.
-                if (!bytes.empty()) framer_.feed(bytes);
-                return true;
-            }
-            ++stats_.stale_replies;
-        }
-        if (cut == std::string_view::npos) return false;
-        framer_.reset();
-        seen_sentinel_ = true;
     }
 }
 
@@ -350,7 +320,7 @@ result<std::optional<result<json>>> agent_session::next_reply(std::string_view n
                 errc::protocol_error,
                 fmt::format("the guest agent sent something other than a reply: {:.200}", **next));
         }
-        if (reply_id && !(reply_id->is_number_unsigned() && reply_id->get<std::uint64_t>() == id)) {
+        if (reply_id && (!reply_id->is_number_unsigned() || reply_id->get<std::uint64_t>() != id)) {
             ++stats_.stale_replies;
             continue;
         }

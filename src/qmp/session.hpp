@@ -65,7 +65,7 @@ class session : public std::enable_shared_from_this<session> {
     void send(const std::shared_ptr<request_state>& req);
     void pump();
     void write(std::string_view bytes);
-    void end(error why);
+    void end(const error& why);
     std::size_t slots_used() const { return in_flight_.size() + abandoned_ids_.size(); }
 
     stream_socket socket_;

@@ -2,7 +2,7 @@
 """End-to-end: the stackemu CLI on real QEMU (TCG) with the test guest.
 
 Usage: tests/e2e/cli_e2e.py STACKEMU [SCENARIO...]   (default: all)
-Scenarios: lifecycle fail panic crash warm
+Scenarios: lifecycle fail panic crash warm security
 Each scenario uses its own run directory and free host ports, and makes sure no QEMU of its
 own is left running. Exit status 0 when every scenario passed.
 """
@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -226,12 +227,64 @@ def scenario_warm(inst):
     inst.run("stop")
 
 
+def listening(pid, proto):
+    """(address, port) of every socket process `pid` listens on, from `ss` (proto "t" or "u")."""
+    out = subprocess.run(["ss", f"-l{proto}npH"], capture_output=True, text=True,
+                         check=True).stdout
+    found = []
+    for line in out.splitlines():
+        if f"pid={pid}," not in line:
+            continue
+        local = line.split()[3]  # State Recv-Q Send-Q Local:Port Peer:Port Process
+        address, _, port = local.rpartition(":")
+        found.append((address, int(port)))
+    return found
+
+
+def scenario_security(inst):
+    p, _ = inst.start()
+    check(p.returncode == 0, f"start failed: {p.stderr}")
+    pids = inst.qemu_pids()
+    check(len(pids) == 1, f"expected one QEMU, found {pids}")
+    pid = pids[0]
+    # Every socket QEMU listens on is on 127.0.0.1: the four forwards and nothing else.
+    tcp = listening(pid, "t")
+    log(f"QEMU listens on {tcp}")
+    check(tcp and all(address == "127.0.0.1" for address, _ in tcp),
+          f"QEMU listens beyond 127.0.0.1: {tcp}")
+    ports = sorted(int(inst.env[v]) for v in ("EMULATOR_DASHBOARD_PORT", "EMULATOR_BACKEND_PORT",
+                                               "EMULATOR_MINIO_PORT", "EMULATOR_INBUCKET_PORT"))
+    check(sorted(port for _, port in tcp) == ports, f"listening ports {tcp}, forwards {ports}")
+    udp = listening(pid, "u")
+    check(all(address == "127.0.0.1" for address, _ in udp), f"UDP beyond 127.0.0.1: {udp}")
+    # The command line agrees, and exports nothing of the host's file system.
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    rules = [r for a in argv for r in a.split(",") if r.startswith("hostfwd=")]
+    check(len(rules) == 4 and all(r.startswith("hostfwd=tcp:127.0.0.1:") for r in rules),
+          f"host forwards: {rules}")
+    check(not any(a in ("-virtfs", "-fsdev") or "vhost-user-fs" in a for a in argv),
+          f"a host directory is exported: {argv}")
+    # The run directory is private, its sockets too (QEMU's daemon umask is 027).
+    vm = os.path.join(inst.run_dir, "vm")
+    for d in (inst.run_dir, vm):
+        mode = os.stat(d).st_mode & 0o7777
+        check(mode == 0o700, f"{d} has mode {mode:o}")
+    for name in ("qmp.sock", "monitor.sock", "serial.sock", "qga.sock"):
+        st = os.stat(os.path.join(vm, name))
+        check(stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o7777 == 0o600,
+              f"{name} has mode {st.st_mode & 0o7777:o}")
+    p, _ = inst.run("stop")
+    check(p.returncode == 0, f"stop was not clean: {p.stdout} {p.stderr}")
+
+
 SCENARIOS = {
     "lifecycle": scenario_lifecycle,
     "fail": scenario_fail,
     "panic": scenario_panic,
     "crash": scenario_crash,
     "warm": scenario_warm,
+    "security": scenario_security,
 }
 
 

@@ -2,6 +2,7 @@
 // STACKEMU_FAKE_QEMU (a JSON object or @file).
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -69,6 +71,27 @@ void write_pidfile(const std::string& path) {
 void cleanup() {
     for (const auto& p : created_paths)
         ::unlink(p.c_str());
+}
+
+void debug_line(int debug_fd, const std::string& line) {
+    if (debug_fd < 0) return;
+    const auto text = fmt::format("fake-qemu[{}]: {}\n", ::getpid(), line);
+    if (::write(debug_fd, text.data(), text.size()) < 0) return;
+}
+
+// hold_launch_until: blocks until `path` exists, woken by inotify on its directory.
+void wait_for_file(const std::string& path) {
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    const int fd = ::inotify_init1(IN_CLOEXEC);
+    if (fd < 0) die("hold_launch_until: inotify_init1 failed");
+    if (::inotify_add_watch(fd, dir.c_str(), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
+        die(fmt::format("hold_launch_until: cannot watch {}: {}", dir, std::strerror(errno)));
+    char events[4096];
+    // The watch is in place before the first look: a file created in between is not missed.
+    while (::access(path.c_str(), F_OK) != 0)
+        if (::read(fd, events, sizeof events) < 0 && errno != EINTR)
+            die(fmt::format("hold_launch_until: {}", std::strerror(errno)));
+    ::close(fd);
 }
 
 }  // namespace
@@ -207,6 +230,13 @@ int main(int argc, char** argv) {
     for (const auto& [id, fd] : chardev_listeners)
         mute.push_back(fd);
 
+    if (opts->hold_launch_until) {
+        debug_line(debug_fd,
+                   fmt::format("holding the launch until {} exists", *opts->hold_launch_until));
+        wait_for_file(*opts->hold_launch_until);
+        debug_line(debug_fd, "launch released");
+    }
+
     if (ready_fd >= 0) {
         const int null = ::open("/dev/null", O_RDWR);
         ::dup2(null, 0);
@@ -224,12 +254,8 @@ int main(int argc, char** argv) {
     if (!opts->ignore_sigterm) signals.add(SIGTERM);
 
     server srv(ctx.get_executor(), *opts);
-    if (debug_fd >= 0) {
-        srv.set_log([debug_fd](const std::string& line) {
-            const auto text = fmt::format("fake-qemu[{}]: {}\n", ::getpid(), line);
-            if (::write(debug_fd, text.data(), text.size()) < 0) return;
-        });
-    }
+    if (debug_fd >= 0)
+        srv.set_log([debug_fd](const std::string& line) { debug_line(debug_fd, line); });
     for (auto [fd, pretty] : qmp)
         srv.adopt_qmp_listener(fd, pretty);
     if (serial_listen >= 0 || serial_log >= 0) srv.adopt_serial(serial_listen, serial_log);

@@ -315,7 +315,21 @@ result<options> parse_options(const json& j) {
              o.startup_error = *s;
              return {};
          }},
-        {"job_never_concludes", flag(o.job_never_concludes, "job_never_concludes")},
+        {"hold_launch_until", opt_str(o.hold_launch_until, "hold_launch_until")},
+        {"job_never_concludes",
+         [&o](const json& v) -> result<void> {
+             // true: every job stalls; a job type ("snapshot-save"): only jobs of that type.
+             if (v.is_string()) {
+                 o.job_never_concludes = true;
+                 o.never_concluding_job = v.get<std::string>();
+                 return {};
+             }
+             auto b = get_bool(v, "job_never_concludes");
+             if (!b) return fail(b.error());
+             o.job_never_concludes = *b;
+             o.never_concluding_job.clear();
+             return {};
+         }},
         {"job_error", opt_str(o.job_error, "job_error")},
     };
     for (const auto& [key, v] : j.items()) {

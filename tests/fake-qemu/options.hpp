@@ -84,7 +84,12 @@ struct options {
     std::optional<std::chrono::milliseconds> crash_after;
     bool crash_abort = false;                  // crash by SIGABRT instead of exit status 1
     std::optional<std::string> startup_error;  // "" means: a host forwarding failure
+    // Once its sockets are bound, the daemon waits until this file exists before it tells its
+    // launcher it is ready (logging "holding the launch" to -D first): a launch a test holds
+    // and releases.
+    std::optional<std::string> hold_launch_until;
     bool job_never_concludes = false;
+    std::string never_concluding_job;  // with job_never_concludes: only jobs of this type stall
     std::optional<std::string> job_error;
 };
 

@@ -451,7 +451,8 @@ result<void> vm::snapshot_job(const std::string& type, const std::string& job_id
     };
     transition("created");
     transition("running");
-    if (options_.job_never_concludes) {
+    if (options_.job_never_concludes &&
+        (options_.never_concluding_job.empty() || options_.never_concluding_job == type)) {
         find_job(job_id)->total_progress = 1;
         return {};
     }

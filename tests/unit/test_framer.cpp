@@ -106,6 +106,16 @@ TEST_CASE("a message exactly at the cap is accepted") {
     CHECK(**next == msg);
 }
 
+TEST_CASE("a message one byte over the cap is refused even when its last byte closes it") {
+    // Found by fuzz/qmp_framer: the closing bracket used to be taken before the cap was checked.
+    const std::string msg = "{\"a\":\"" + std::string(20, 'x') + "\"}";
+    framer f(msg.size() - 1);
+    f.feed(msg);
+    auto next = f.next();
+    REQUIRE_FALSE(next.has_value());
+    CHECK(next.error().code == errc::message_too_large);
+}
+
 TEST_CASE("garbage between messages is a protocol error") {
     framer f;
     f.feed("{\"return\": {}}\r\nhello{");

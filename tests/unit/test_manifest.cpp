@@ -72,6 +72,13 @@ TEST_CASE("damaged manifests are refused with the field named") {
         {with(valid, R"({"name": "web", "guest": 80, "host_default": 8080})",
               R"({"name": "backend", "guest": 80})"),
          "twice"},
+        // Found by fuzz/manifest: optional strings of another type threw out of the parser, and
+        // a format over 2^32 wrapped around to 1.
+        {with(valid, R"("created": "now")", R"("created": [])"), "created"},
+        {with(valid, R"("stackemu_version": "0.1.0")", R"("stackemu_version": 1)"),
+         "stackemu_version"},
+        {with(valid, R"("source": "debian")", R"("source": 5)"), "base.source"},
+        {with(valid, R"("format": 1)", R"("format": 4294967297)"), "format"},
     };
     for (const auto& c : cases) {
         INFO(c.text);

@@ -32,6 +32,14 @@ TEST_CASE("a greeting with a string major version is a bad greeting") {
     CHECK(m.error().code == errc::bad_greeting);
 }
 
+TEST_CASE("a greeting with a version number beyond int is a bad greeting") {
+    // Found by fuzz/qmp_message: 4294967304 used to be read as 8.
+    auto m = parse_message(
+        R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 4294967304}}, "capabilities": []}})");
+    REQUIRE_FALSE(m.has_value());
+    CHECK(m.error().code == errc::bad_greeting);
+}
+
 TEST_CASE("a success reply carries its id and value") {
     auto m = parse_message(R"({"return": {"status": "running", "running": true}, "id": 1})");
     REQUIRE(m.has_value());

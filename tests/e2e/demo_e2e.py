@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""End-to-end: `stackemu build-image` and the `demo` profile on real QEMU (TCG).
+
+Usage: tests/e2e/demo_e2e.py STACKEMU [SCENARIO...]   (default: all)
+Scenarios:
+  build      build the demo image from `--base debian` (Debian packages, cached) into the e2e
+             cache, unless an image built from the same recipe files is there already
+  fail       a profile whose provisioning fails on purpose: exit 6 within seconds of the
+             marker, the guest's lines shown, logs kept, no image or partial file left
+  lifecycle  start the demo image: /health?db=1 through the backend port reports the database
+             reachable, rows written, clean stop, start again: the rows are still there
+  restore    docs/examples/restore-loop.sh: 20 cycles of rows written -> `snapshot load clean`
+             -> rows gone, with the time per cycle
+The demo image is cached in ${XDG_CACHE_HOME:-~/.cache}/stackemu/e2e-demo/<key>/ where the key
+hashes the profile, the base recipe code and build-image's code.
+"""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli_e2e  # noqa: E402
+from cli_e2e import Failure, check  # noqa: E402
+
+REPO = cli_e2e.REPO
+FAIL_PROFILE = os.path.join(REPO, "tests", "e2e", "profiles", "fail")
+RESTORE_LOOP = os.path.join(REPO, "docs", "examples", "restore-loop.sh")
+
+
+def log(msg):
+    print(f"demo_e2e: {msg}", flush=True)
+
+
+def recipe_key():
+    h = hashlib.sha256()
+    files = sorted(glob.glob(os.path.join(REPO, "cloud-init", "demo", "*")))
+    files += sorted(glob.glob(os.path.join(REPO, "src", "provision", "debian_base*")))
+    files += [os.path.join(REPO, "src", "lifecycle", "build_image.cpp")]
+    for f in files:
+        h.update(os.path.relpath(f, REPO).encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "stackemu", "e2e-demo", recipe_key())
+
+
+def demo_image():
+    return os.path.join(cache_dir(), "demo.qcow2")
+
+
+def build_env(tmp):
+    env = dict(os.environ)
+    env["EMULATOR_RUN_DIR"] = os.path.join(tmp, "run")
+    env["EMULATOR_IMAGE_DIR"] = os.path.join(tmp, "images")
+    env.pop("EMULATOR_NAME", None)
+    env.pop("EMULATOR_QEMU", None)
+    return env
+
+
+class DemoInstance(cli_e2e.Instance):
+    def start(self, *extra):
+        return self.run("start", "--image", self.image, "--ram", "1024", "--cpus", "2", *extra,
+                        timeout=400)
+
+    def sql(self, statement):
+        p, _ = self.run("exec", "--", "runuser", "-u", "stackapp", "--", "psql", "-d",
+                        "stackapp", "-v", "ON_ERROR_STOP=1", "-qtAc", statement)
+        check(p.returncode == 0, f"psql failed: {p.stdout} {p.stderr}")
+        return p.stdout.strip()
+
+
+def scenario_build(stackemu, tmp):
+    image = demo_image()
+    if os.path.exists(image) and os.path.exists(image[:-len(".qcow2")] + ".json"):
+        log(f"demo image for this recipe already built: {image}")
+        return
+    os.makedirs(os.path.dirname(image), exist_ok=True)
+    env = build_env(tmp)
+    t0 = time.monotonic()
+    p = subprocess.run([stackemu, "build-image", "--profile", "demo", "--output", image, "--json"],
+                       env=env, stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600)
+    log(f"build-image --profile demo -> {p.returncode} in {time.monotonic() - t0:.1f}s")
+    check(p.returncode == 0, f"building the demo image failed: {p.stdout}")
+    out = json.loads(p.stdout)
+    check(out["ok"] and os.path.exists(out["image"]) and os.path.exists(out["manifest"]),
+          f"build-image reported {out}")
+    log(f"phases (ms): {out['phases_ms']}; image {out['bytes'] / 2**20:.1f} MiB")
+    manifest = json.load(open(out["manifest"]))
+    check(manifest["profile"]["name"] == "demo", f"manifest profile: {manifest['profile']}")
+    check(manifest["boot"]["mode"] == "kernel", "the debian base boots its kernel directly")
+    check(not glob.glob(image + ".partial*"), "a partial file was left beside the image")
+    check(os.path.isdir(out["logs"]) and os.path.exists(os.path.join(out["logs"], "serial.log")),
+          "the provisioning logs were not kept")
+
+
+def scenario_fail(stackemu, tmp):
+    env = build_env(tmp)
+    out_image = os.path.join(tmp, "out", "fail.qcow2")
+    t0 = time.monotonic()
+    p = subprocess.run([stackemu, "build-image", "--profile", FAIL_PROFILE, "--output", out_image,
+                        "--json"], env=env, capture_output=True, text=True, timeout=1800)
+    log(f"build-image --profile fail -> {p.returncode} in {time.monotonic() - t0:.1f}s")
+    check(p.returncode == 6, f"expected exit 6 (provisioning failed): {p.returncode} {p.stderr}")
+    out = json.loads(p.stdout)
+    check(not out["ok"] and "STACK_CLOUD_INIT_FAILED" in out["failure"],
+          f"the cause does not name the marker: {out.get('failure')}")
+    log(f"failure marker to exit: {out['failure_to_exit_ms']:.1f} ms")
+    check(out["failure_to_exit_ms"] < 10000, "build-image took too long to act on the marker")
+    check(any("fail profile" in line for line in out["last_lines"]),
+          f"the guest's lines are not shown: {out['last_lines'][-5:]}")
+    check(os.path.exists(os.path.join(out["logs"], "serial.log")), "logs not kept")
+    leftovers = [f for f in os.listdir(os.path.dirname(out_image))
+                 if not f.startswith("build-logs")] if os.path.isdir(os.path.dirname(out_image)) else []
+    check(not leftovers, f"files left where the image would go: {leftovers}")
+    check(not cli_e2e.Instance(stackemu, out_image, tmp).qemu_pids(), "a QEMU was left running")
+    # Human output: the cause and the lines, on stderr.
+    p = subprocess.run([stackemu, "build-image", "--profile", FAIL_PROFILE, "--output", out_image],
+                       env=env, capture_output=True, text=True, timeout=1800)
+    check(p.returncode == 6 and "last" in p.stderr and "no image was written" in p.stderr,
+          f"human failure report: {p.stderr[-2000:]}")
+
+
+def health(inst):
+    with urllib.request.urlopen(f"http://127.0.0.1:{inst.backend_port}/health?db=1",
+                                timeout=20) as r:
+        return r.status, r.read().decode(errors="replace")
+
+
+def scenario_lifecycle(stackemu, tmp):
+    inst = DemoInstance(stackemu, demo_image(), tmp)
+    try:
+        p, elapsed = inst.start("--json")
+        check(p.returncode == 0, f"start failed: {p.stdout} {p.stderr}")
+        log(f"cold start to ready: {json.loads(p.stdout)['total_ms']:.0f} ms")
+        status, body = health(inst)
+        check(status == 200 and "ok" in body.lower(), f"/health?db=1: {status} {body}")
+        log(f"/health?db=1 -> {status} {body.strip()[:200]}")
+        inst.sql("CREATE TABLE IF NOT EXISTS e2e_rows (n int)")
+        inst.sql("INSERT INTO e2e_rows SELECT generate_series(1, 500)")
+        p, _ = inst.run("stop", "--json")
+        check(p.returncode == 0, f"stop was not clean: {p.stdout} {p.stderr}")
+        check(json.loads(p.stdout)["clean"], f"stop: {p.stdout}")
+        p, _ = inst.start("--json")
+        check(p.returncode == 0, f"second start failed: {p.stdout} {p.stderr}")
+        check(inst.sql("SELECT count(*) FROM e2e_rows") == "500", "rows lost across stop/start")
+        status, body = health(inst)
+        check(status == 200, f"/health?db=1 after the second start: {status} {body}")
+        p, _ = inst.run("stop")
+        check(p.returncode == 0, f"second stop was not clean: {p.stdout}")
+    finally:
+        inst.cleanup()
+
+
+def scenario_restore(stackemu, tmp):
+    inst = DemoInstance(stackemu, demo_image(), tmp)
+    try:
+        p, _ = inst.start("--json")
+        check(p.returncode == 0, f"start failed: {p.stdout} {p.stderr}")
+        env = dict(inst.env, STACKEMU=stackemu)
+        t0 = time.monotonic()
+        p = subprocess.run([RESTORE_LOOP, "20"], env=env, capture_output=True, text=True,
+                           timeout=1800)
+        sys.stdout.write(p.stdout)
+        check(p.returncode == 0, f"restore-loop.sh failed: {p.stdout[-2000:]} {p.stderr[-2000:]}")
+        cycles = [line for line in p.stdout.splitlines() if line.startswith("cycle ")]
+        check(len(cycles) == 20, f"expected 20 cycles, got {len(cycles)}")
+        log(f"20 cycles in {time.monotonic() - t0:.1f}s")
+        p, _ = inst.run("stop")
+        check(p.returncode == 0, f"stop was not clean: {p.stdout}")
+    finally:
+        inst.cleanup()
+
+
+SCENARIOS = {
+    "build": scenario_build,
+    "fail": scenario_fail,
+    "lifecycle": scenario_lifecycle,
+    "restore": scenario_restore,
+}
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        return 2
+    stackemu = os.path.abspath(sys.argv[1])
+    names = sys.argv[2:] or list(SCENARIOS)
+    for name in names:
+        if name not in SCENARIOS:
+            print(f"unknown scenario {name}; known: {' '.join(SCENARIOS)}")
+            return 2
+    failed = []
+    for name in names:
+        log(f"--- {name}")
+        tmp = tempfile.mkdtemp(prefix=f"stackemu-demo-{name}-")
+        try:
+            if name != "build" and not os.path.exists(demo_image()):
+                raise Failure(f"no demo image at {demo_image()}: run the build scenario first")
+            SCENARIOS[name](stackemu, tmp)
+            log(f"--- {name}: passed")
+        except (Failure, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+            log(f"--- {name}: FAILED: {e}")
+            failed.append(name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        log(f"failed: {' '.join(failed)}")
+        return 1
+    log("all passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
