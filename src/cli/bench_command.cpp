@@ -134,7 +134,7 @@ void add_bench_command(CLI::App& app, std::function<int()>& action) {
                 fmt::print("start to ready: min {:.0f} / p50 {:.0f} / p95 {:.0f} / max {:.0f} ms\n",
                            s["min_ms"].get<double>(), s["p50_ms"].get<double>(),
                            s["p95_ms"].get<double>(), s["max_ms"].get<double>());
-                for (auto& [name, v] : phases.items())
+                for (const auto& [name, v] : phases.items())
                     fmt::print("  {:<20} p50 {:.0f} ms\n", name, v["p50_ms"].get<double>());
                 fmt::print("stop:           min {:.0f} / p50 {:.0f} / p95 {:.0f} / max {:.0f} ms\n",
                            t["min_ms"].get<double>(), t["p50_ms"].get<double>(),

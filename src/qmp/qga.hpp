@@ -59,6 +59,8 @@ class client {
     client() = default;
     client(client&&) noexcept;
     client& operator=(client&&) noexcept;
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
     ~client();  // closes the connection
 
     // Sends a command after the commands already queued, resynchronising first when needed, and

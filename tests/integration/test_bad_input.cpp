@@ -660,8 +660,9 @@ std::vector<bad_case> qmp_and_console_cases() {
          .exit_code = exit_code::error,
          .message = {"QEMU refused no-such-command", "CommandNotFound"},
          .check = disk_check::except_vm_logs},
+        // A long --timeout: a sanitizer build of the fake takes about 30 s to produce the reply.
         {.what = "a 100 MB QMP reply",
-         .args = {"qmp", "query-qmp-schema"},
+         .args = {"qmp", "--timeout", "300", "query-qmp-schema"},
          .prepare = [huge](case_context& ctx) { ctx.start_vm(huge); },
          .exit_code = exit_code::error,
          .message = {"the reply to query-qmp-schema was larger than 64 MiB",

@@ -359,12 +359,15 @@ struct expected_after_kill {
     // start or stop was interrupted is not reported ready).
     int restart_exit = exit_code::ok;
     std::string stop_command = "stop";
+    // QEMU never ran the guest's CPUs (prelaunch): stop quits it at once, no guest to ask.
+    bool never_ran = false;
 };
 
 // A start or stop killed half-way: its VM runs on, but status and start say it was never
 // confirmed ready (or was half-way through a shutdown), and `stop_command` ends it.
-expected_after_kill interrupted_command(std::string stop_command = "stop") {
+expected_after_kill interrupted_command(std::string stop_command = "stop", bool never_ran = false) {
     expected_after_kill want;
+    want.never_ran = never_ran;
     want.states = {"unhealthy"};
     want.status_exit = exit_code::not_healthy;
     want.detail = "interrupted";
@@ -410,9 +413,15 @@ void check_recovery(sandbox& sb, const expected_after_kill& want) {
     }
 
     // The handle works: the VM stops through its socket, and nothing is left running.
-    auto stopped = sb.run({want.stop_command, "--stop-timeout", "3"});
+    auto stopped = sb.run({want.stop_command, "--stop-timeout", "3", "--json"});
     CHECK(stopped.code != exit_code::busy);
     CHECK((stopped.code == exit_code::ok || stopped.code == exit_code::stopped_forcibly));
+    if (want.never_ran) {
+        const auto j = json::parse(stopped.out, nullptr, false);
+        REQUIRE(j.is_object());
+        CHECK(j["rung"] == "quit");
+        CHECK(j["rungs"].size() == 1);
+    }
     CHECK(sb.no_fakes_left());
     check_state_whole(sb);
     const auto after = sb.status();
@@ -475,7 +484,7 @@ TEST_CASE("fault matrix: start killed while QEMU is launching", "[fault][kill-co
     sb.kill_command(start);
     std::ofstream(sb.release_file()) << "go\n";
     REQUIRE(wait_for_text(sb.qemu_log(), "started: "));  // the daemon runs, CPUs stopped (-S)
-    check_recovery(sb, interrupted_command());
+    check_recovery(sb, interrupted_command("stop", true));
 }
 
 TEST_CASE("fault matrix: start killed while cont is pending", "[fault][kill-controller]") {
@@ -485,7 +494,7 @@ TEST_CASE("fault matrix: start killed while cont is pending", "[fault][kill-cont
     REQUIRE(wait_for_text(sb.qemu_log(), command_mark("cont")));
     check_status_during(sb, "start");
     sb.kill_command(start);
-    check_recovery(sb, interrupted_command());
+    check_recovery(sb, interrupted_command("stop", true));
 }
 
 TEST_CASE("fault matrix: start killed while it waits for the guest", "[fault][kill-controller]") {
