@@ -68,6 +68,8 @@ void add_start(CLI::App& app, std::function<int()>& action) {
         bool console = false;
         bool quiet = false;
         std::string append;
+        std::string share;
+        bool share_writable = false;
     };
     auto x = std::make_shared<extra>();
     cmd->add_option("--image", x->image,
@@ -81,11 +83,23 @@ void add_start(CLI::App& app, std::function<int()>& action) {
     cmd->add_flag("-q,--quiet", x->quiet, "no progress lines");
     cmd->add_option("--append", x->append,
                     "extra kernel command-line arguments (images that boot a kernel directly)");
+    cmd->add_option("--share", x->share,
+                    "a host directory the guest sees under the 9p tag hostshare, read-only "
+                    "(the stack profile mounts it at /mnt/hostshare); never the host's /");
+    cmd->add_flag("--share-writable", x->share_writable,
+                  "export the --share directory writable (kernel-boot images)");
     cmd->callback([o, x, &action] {
         action = [o, x]() -> int {
+            if (x->share_writable && x->share.empty())
+                return settings_error(
+                    "start", make_error(errc::invalid_argument,
+                                        "--share-writable needs --share DIR: name the directory "
+                                        "to export"));
             auto inst = resolve_instance(*o);
             if (!inst) return settings_error("start", inst.error());
             start_request req;
+            if (!x->share.empty())
+                req.share = host_share{fs::absolute(x->share), x->share_writable};
             req.inst = std::move(*inst);
             if (!x->image.empty()) req.image = fs::absolute(x->image);
             req.keep_on_failure = x->keep_on_failure;

@@ -16,6 +16,7 @@
 
 #include "common/error.hpp"
 #include "lifecycle/instance_paths.hpp"
+#include "lifecycle/qemu_argv.hpp"
 #include "lifecycle/settings.hpp"
 #include "lifecycle/state_machine.hpp"
 #include "provision/manifest.hpp"
@@ -56,8 +57,9 @@ struct start_request {
     instance inst;
     std::optional<std::filesystem::path> image;  // default: the built image for the arch
     bool keep_on_failure = false;
-    bool cold = false;          // skip the saved ready state even when it fits
-    std::string extra_cmdline;  // appended to a kernel-boot image's command line
+    bool cold = false;                // skip the saved ready state even when it fits
+    std::string extra_cmdline;        // appended to a kernel-boot image's command line
+    std::optional<host_share> share;  // a host directory for the guest (`--share`)
     progress_sink progress;
     bool echo_console = false;  // pass guest console lines to progress
     // For build-image's provisioning run: the seed and bundle ISOs, the overlay's size (the

@@ -178,6 +178,16 @@ std::vector<std::string> build_qemu_argv(const vm_spec& spec) {
             fmt::format("virtio-blk-pci,drive={},serial={}", node, to_string(iso.purpose)));
     }
 
+    // mapped-xattr: the guest's owners and modes live in xattrs, so guest root never changes
+    // the ownership of host files (upstream's security_model=none did, on the host's whole /).
+    if (spec.share) {
+        add("-fsdev",
+            fmt::format("local,id=fsdev-{},path={},security_model=mapped-xattr{}", host_share_tag,
+                        path_value(spec.share->dir), spec.share->writable ? "" : ",readonly=on"));
+        add("-device", fmt::format("virtio-9p-pci,fsdev=fsdev-{},mount_tag={}", host_share_tag,
+                                   host_share_tag));
+    }
+
     std::string netdev = "user,id=net0";
     for (const auto& fwd : spec.forwards) {
         netdev += fmt::format(",hostfwd=tcp:127.0.0.1:{}-:{}", fwd.host_port, fwd.guest_port);

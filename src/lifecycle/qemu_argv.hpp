@@ -79,6 +79,14 @@ struct vm_files {
 };
 vm_files files_of(const instance_paths& paths);
 
+// One host directory exported to the guest over virtio-9p under the tag "hostshare" (never the
+// host's /: defect 8). Read-only unless the user asks for writing.
+struct host_share {
+    std::filesystem::path dir;
+    bool writable = false;
+};
+inline constexpr std::string_view host_share_tag = "hostshare";
+
 struct vm_spec {
     std::string qemu_binary;
     architecture guest_arch = architecture::amd64;
@@ -92,6 +100,7 @@ struct vm_spec {
     boot_method boot;
     std::vector<iso_image> isos;
     std::vector<port_forward> forwards;
+    std::optional<host_share> share;
     vm_files files;
 };
 

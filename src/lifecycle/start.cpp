@@ -100,6 +100,38 @@ result<fs::path> write_runtime_config(const instance_paths& paths,
     return out;
 }
 
+// The directory as QEMU will open it, judged before anything is created. A writable share is
+// announced to the guest on the kernel command line (stackemu.hostshare=rw), which only an
+// image that boots its kernel directly lets us set.
+result<host_share> resolve_host_share(host_share share, const provision::manifest& m) {
+    const auto named = share.dir.string();
+    std::error_code ec;
+    auto dir = fs::canonical(share.dir, ec);
+    if (ec)
+        return fail(errc::invalid_argument,
+                    fmt::format("--share {}: {}: name an existing directory", named, ec.message()));
+    if (!fs::is_directory(dir, ec))
+        return fail(errc::invalid_argument,
+                    fmt::format("--share {}: not a directory: name the directory to share", named));
+    if (dir == dir.root_path())
+        return fail(errc::invalid_argument,
+                    fmt::format("--share {}: refusing to export the host's root directory to the "
+                                "guest; name the project directory the guest needs",
+                                named));
+    if (::access(dir.c_str(), R_OK | X_OK) != 0)
+        return fail(errc::invalid_argument,
+                    fmt::format("--share {}: the directory is not readable by you, so QEMU "
+                                "could not read it either",
+                                named));
+    if (share.writable && !m.kernel_boot)
+        return fail(errc::invalid_argument,
+                    fmt::format("--share-writable: the image boots by firmware, so the guest "
+                                "cannot be told to mount {} writable; share it read-only",
+                                named));
+    share.dir = std::move(dir);
+    return share;
+}
+
 // A taken host port fails QEMU anyway; checking first gives the name of the setting.
 result<void> check_ports_free(const std::vector<resolved_forward>& forwards) {
     for (const auto& f : forwards)
@@ -596,6 +628,11 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
         req.image.value_or(provision::default_image(s.image_dir, to_string(s.guest_arch)));
     auto m = preflight(s, paths, image);
     if (!m) co_return fail(m.error());
+    if (req.share) {
+        auto share = resolve_host_share(*req.share, *m);
+        if (!share) co_return fail(share.error());
+        req.share = std::move(*share);
+    }
 
     for (const auto& dir : {s.run_dir, paths.instance_dir, paths.vm_dir, paths.socket_dir})
         if (auto made = ensure_private_dir(dir); !made) co_return fail(made.error());
@@ -665,6 +702,7 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     if (m->kernel_boot) {
         std::string cmdline = m->kernel_boot->cmdline;
         if (!req.extra_cmdline.empty()) cmdline += " " + req.extra_cmdline;
+        if (req.share && req.share->writable) cmdline += " stackemu.hostshare=rw";
         spec.boot = kernel_boot{m->kernel_boot->kernel, m->kernel_boot->initrd, cmdline};
     } else if (s.guest_arch == architecture::arm64) {
         auto fw = find_uefi_firmware(default_uefi_firmware_candidates(),
@@ -677,6 +715,7 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     for (const auto& f : forwards)
         spec.forwards.push_back({f.host_port, f.guest_port});
     spec.files = files_of(paths);
+    spec.share = req.share;
     for (const auto& [path, purpose] : req.extra_isos)
         spec.isos.push_back({path, purpose == "bundle" ? iso_purpose::bundle : iso_purpose::seed});
     if (req.runtime_config) {

@@ -46,10 +46,12 @@ mode_of stat_of(const fs::path& p) {
 }
 
 // Starts the default instance on the sandbox's image and returns the fake QEMU's pid.
-pid_t start_vm(sandbox& sb, const env_overrides& env = {}) {
-    auto r = sb.run(
-        {"start", "--image", "{image}", "--accel", "tcg", "--ram", "512", "--cpus", "1", "-q"},
-        env);
+pid_t start_vm(sandbox& sb, const env_overrides& env = {},
+               const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{"start", "--image", "{image}", "--accel", "tcg",
+                                  "--ram", "512",     "--cpus",  "1",       "-q"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = sb.run(args, env);
     INFO("start stderr: " << r.err);
     REQUIRE(r.code == exit_code::ok);
     const auto fakes = sb.fakes();
@@ -277,10 +279,44 @@ TEST_CASE("security: the host's root is never exported to the guest", "[security
     const auto argv = process_argv(pid);
     INFO(fmt::format("{}", fmt::join(argv, " ")));
     CHECK_FALSE(exports_host_root(argv));
-    // stackemu has no host-share option today: no export at all.
+    // Without --share: no export at all.
     CHECK(host_exports(argv).empty());
     auto stopped = sb.run({"stop", "-q"});
     CHECK(stopped.code == exit_code::stopped_cleanly);
+
+    // --share /: refused before anything starts.
+    auto refused = sb.run({"start", "--image", "{image}", "--accel", "tcg", "--share", "/", "-q"});
+    CHECK(refused.code == exit_code::error);
+    CHECK_THAT(refused.err, Catch::Contains("refusing to export the host's root directory"));
+    CHECK(sb.fakes().empty());
+}
+
+TEST_CASE("security: --share exports one directory read-only unless asked", "[security]") {
+    sandbox sb("stackemu-sec-");
+    const fs::path shared = sb.dir / "project";
+    fs::create_directories(shared / "sub");
+    // Named through a relative-looking detour: QEMU gets the resolved directory.
+    const pid_t pid = start_vm(sb, {}, {"--share", (shared / "sub" / "..").string()});
+    const auto argv = process_argv(pid);
+    INFO(fmt::format("{}", fmt::join(argv, " ")));
+    CHECK(host_exports(argv) == std::vector<std::string>{shared.string()});
+    const auto fsdevs = values_of(argv, "-fsdev");
+    REQUIRE(fsdevs.size() == 1);
+    CHECK(contains(fsdevs[0], ",readonly=on"));
+    CHECK(contains(fsdevs[0], ",security_model=mapped-xattr"));
+    CHECK_FALSE(exports_host_root(argv));
+    CHECK_FALSE(contains(values_of(argv, "-append").at(0), "stackemu.hostshare=rw"));
+    auto stopped = sb.run({"stop", "-q"});
+    CHECK(stopped.code == exit_code::stopped_cleanly);
+
+    // Writable only when asked, and then the guest is told on its command line.
+    const pid_t writable = start_vm(sb, {}, {"--share", shared.string(), "--share-writable"});
+    const auto rw_argv = process_argv(writable);
+    INFO(fmt::format("{}", fmt::join(rw_argv, " ")));
+    REQUIRE(values_of(rw_argv, "-fsdev").size() == 1);
+    CHECK_FALSE(contains(values_of(rw_argv, "-fsdev")[0], "readonly"));
+    CHECK(contains(values_of(rw_argv, "-append").at(0), "stackemu.hostshare=rw"));
+    CHECK(sb.run({"stop", "-q"}).code == exit_code::stopped_cleanly);
 }
 
 TEST_CASE("security: no guest profile sets a fixed password", "[security]") {

@@ -176,6 +176,50 @@ TEST_CASE("an amd64 guest with read-only ISOs gets one virtio disk per ISO") {
     CHECK(build_qemu_argv(spec) == expected);
 }
 
+TEST_CASE("a host share is one directory over virtio-9p read-only unless asked") {
+    auto spec = amd64_spec();
+    spec.forwards = {};
+    const argv_t head = {"qemu-system-x86_64",
+                         "-name",
+                         "guest=default,process=stackemu-default",
+                         "-no-user-config",
+                         "-nodefaults",
+                         "-display",
+                         "none",
+                         "-machine",
+                         "q35,accel=tcg",
+                         "-cpu",
+                         "max",
+                         "-smp",
+                         "4",
+                         "-m",
+                         "4096"};
+    spec.share = host_share{"/home/dev/my,project", false};
+    CHECK(build_qemu_argv(spec) ==
+          concat({head,
+                  disk("/run/vm/disk.qcow2"),
+                  {"-fsdev",
+                   "local,id=fsdev-hostshare,path=/home/dev/my,,project,security_model=mapped-"
+                   "xattr,readonly=on",
+                   "-device", "virtio-9p-pci,fsdev=fsdev-hostshare,mount_tag=hostshare"},
+                  common_tail(false, "/run/vm", "user,id=net0")}));
+    spec.share->writable = true;
+    CHECK(
+        build_qemu_argv(spec) ==
+        concat({head,
+                disk("/run/vm/disk.qcow2"),
+                {"-fsdev",
+                 "local,id=fsdev-hostshare,path=/home/dev/my,,project,security_model=mapped-xattr",
+                 "-device", "virtio-9p-pci,fsdev=fsdev-hostshare,mount_tag=hostshare"},
+                common_tail(false, "/run/vm", "user,id=net0")}));
+    // Without --share nothing of the host is exported.
+    spec.share.reset();
+    for (const auto& arg : build_qemu_argv(spec)) {
+        CHECK(arg != "-fsdev");
+        CHECK(arg != "-virtfs");
+    }
+}
+
 TEST_CASE("an arm64 guest on an arm64 host uses the max CPU and UEFI through -bios") {
     auto spec = arm64_spec();
     spec.host_arch = architecture::arm64;
