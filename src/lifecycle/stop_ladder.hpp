@@ -25,6 +25,8 @@ struct connected_vm {
     connected_vm();
     connected_vm(connected_vm&&) noexcept;
     connected_vm& operator=(connected_vm&&) noexcept;
+    connected_vm(const connected_vm&) = delete;
+    connected_vm& operator=(const connected_vm&) = delete;
     ~connected_vm();
 };
 asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
