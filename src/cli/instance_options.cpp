@@ -66,6 +66,7 @@ result<instance> resolve_instance(const instance_options& o) {
         s->stop_timeout = std::chrono::seconds(*v);
     }
     if (auto ok = validate(*s); !ok) return std::unexpected(ok.error());
+    set_reply_timeout(s->reply_timeout);
     auto inst = open_instance(std::move(*s));
     if (!inst) return inst;
     if (auto ours = check_instance_owner(*inst); !ours) return std::unexpected(ours.error());

@@ -339,8 +339,8 @@ asio::awaitable<result<build_outcome>> build_image(build_request req) {
     }
     if (req.payload) bundle_files.push_back({"payload.tar", fs::absolute(*req.payload), 0444});
     const fs::path bundle_iso = paths.vm_dir / "bundle.iso";
-    if (auto w = provision::write_iso(bundle_iso, std::string(provision::bundle_label),
-                                      std::move(bundle_files));
+    if (auto w =
+            provision::write_iso(bundle_iso, std::string(provision::bundle_label), bundle_files);
         !w)
         co_return fail(w.error());
 

@@ -872,6 +872,8 @@ asio::awaitable<result<guest_command_outcome>> guest_exec(instance inst, guest_c
                                                           agent_options options) {
     auto lock = lock_running(inst, "exec");
     if (!lock) co_return fail(lock.error());
+    options.command_timeout = std::min(options.command_timeout, reply_timeout());
+    options.sync_timeout = std::min(options.sync_timeout, reply_timeout());
     auto agent = co_await open_agent(inst, options);
     if (!agent) co_return fail(agent.error());
     auto r = co_await run_guest_command(*agent, std::move(cmd), options);

@@ -328,7 +328,8 @@ result<settings> from_environment(const env_lookup& env, const host_facts& host)
 
     for (auto [var, field] : {std::pair{"EMULATOR_READY_TIMEOUT", &s.ready_timeout},
                               std::pair{"EMULATOR_STOP_TIMEOUT", &s.stop_timeout},
-                              std::pair{"EMULATOR_PROVISION_TIMEOUT", &s.provision_timeout}}) {
+                              std::pair{"EMULATOR_PROVISION_TIMEOUT", &s.provision_timeout},
+                              std::pair{"EMULATOR_REPLY_TIMEOUT", &s.reply_timeout}}) {
         if (auto r = read_seconds(env, var, *field); !r) return fail(r.error());
     }
 
@@ -405,6 +406,7 @@ result<void> validate(const settings& s) {
              std::pair{s.ready_timeout, "the ready timeout (EMULATOR_READY_TIMEOUT)"},
              std::pair{s.stop_timeout, "the stop timeout (EMULATOR_STOP_TIMEOUT)"},
              std::pair{s.provision_timeout, "the provision timeout (EMULATOR_PROVISION_TIMEOUT)"},
+             std::pair{s.reply_timeout, "the reply timeout (EMULATOR_REPLY_TIMEOUT)"},
          }) {
         if (value.count() < 1 || static_cast<std::uint64_t>(value.count()) > max_timeout_seconds) {
             return fail(errc::invalid_argument,
@@ -442,6 +444,18 @@ result<void> validate(const settings& s) {
         if (auto r = check_instance_name(s.name, "the instance name (EMULATOR_NAME)"); !r) return r;
     }
     return {};
+}
+
+namespace {
+std::chrono::milliseconds process_reply_timeout{30000};
+}  // namespace
+
+void set_reply_timeout(std::chrono::milliseconds timeout) {
+    process_reply_timeout = timeout;
+}
+
+std::chrono::milliseconds reply_timeout() {
+    return process_reply_timeout;
 }
 
 }  // namespace stackemu::lifecycle

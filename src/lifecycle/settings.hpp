@@ -70,7 +70,16 @@ struct settings {
     std::uint64_t disk_size_bytes = 12ull << 30;   // EMULATOR_DISK_SIZE, default 12G
     std::uint32_t build_ram_mib = 4096;            // EMULATOR_BUILD_RAM
     std::uint32_t build_cpus = 1;                  // EMULATOR_BUILD_CPUS, default the host's cores
+    // How long the controller waits for one reply from QEMU's monitor or the guest agent
+    // before it gives the command up (a wedged QEMU, a lost reply).
+    std::chrono::seconds reply_timeout{30};  // EMULATOR_REPLY_TIMEOUT
 };
+
+// Every monitor and agent connection of this process waits at most this long for a reply
+// (settings::reply_timeout; the CLI sets it once from the settings it resolved). Process-wide
+// because the connections are opened deep inside start, stop, status, snapshot and exec.
+void set_reply_timeout(std::chrono::milliseconds timeout);
+std::chrono::milliseconds reply_timeout();
 
 // Reads every EMULATOR_* variable, applies upstream's defaults, and validates the result.
 // Errors name the variable, the value, and what to write instead.

@@ -184,7 +184,7 @@ std::string tail_of_file(const fs::path& p, std::size_t max_bytes = 4096) {
 
 // Everything the concurrent watchers of one start share. Lives as long as any watcher.
 struct start_run : std::enable_shared_from_this<start_run> {
-    start_run(asio::any_io_executor ex, readiness_profile rp, instance_paths p,
+    start_run(const asio::any_io_executor& ex, readiness_profile rp, instance_paths p,
               std::size_t tail_lines)
         : profile(std::move(rp)),
           paths(std::move(p)),
@@ -257,7 +257,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
 };
 
 asio::awaitable<void> watch_console(std::shared_ptr<start_run> run) {
-    std::array<char, 8192> buf;
+    std::array<char, 8192> buf{};
     while (!run->finished) {
         std::error_code ec;
         std::size_t n = co_await run->serial.async_read_some(
@@ -301,7 +301,7 @@ asio::awaitable<void> watch_agent(std::shared_ptr<start_run> run) {
     qmp::qga::client_options o;
     o.connect_timeout = 1000ms;
     o.sync_timeout = 1000ms;
-    o.command_timeout = 5000ms;
+    o.command_timeout = std::min<std::chrono::milliseconds>(5000ms, reply_timeout());
     const qmp::endpoint ep = qmp::unix_endpoint{run->paths.qga_socket.string()};
     while (!run->finished) {
         auto agent = co_await qmp::qga::client::connect(ep, o);
@@ -369,7 +369,7 @@ asio::awaitable<void> watch_deadline(std::shared_ptr<start_run> run, std::chrono
     run->feed(input);
 }
 
-void spawn_watcher(asio::any_io_executor ex, asio::awaitable<void> task) {
+void spawn_watcher(const asio::any_io_executor& ex, asio::awaitable<void> task) {
     asio::co_spawn(ex, std::move(task), asio::detached);
 }
 

@@ -6,9 +6,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <asio.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
 
 #include "lifecycle/controller.hpp"
 #include "lifecycle/controller_detail.hpp"
@@ -57,9 +63,13 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
     // QEMU says SHUTDOWN before any exit it chooses (a guest power-off, our quit): an exit
     // without one, before we signalled it, is a crash or a kill.
     bool shutdown_seen = false;
+    bool late_guest_shutdown = false;  // the guest's own SHUTDOWN, just past the budget
     auto crashed = [&](std::string_view while_doing) {
-        while (auto e = events.try_next())
-            shutdown_seen = shutdown_seen || e->name == "SHUTDOWN";
+        while (auto e = events.try_next()) {
+            if (e->name != "SHUTDOWN") continue;
+            shutdown_seen = true;
+            late_guest_shutdown = e->data.value("guest", false);
+        }
         if (shutdown_seen) return;
         out.crashed = true;
         out.note = fmt::format(
@@ -91,6 +101,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
             qo.connect_timeout = 1000ms;
             qo.sync_timeout = 1500ms;
             qo.no_reply_grace = 300ms;
+            qo.command_timeout = reply_timeout();
             const qmp::endpoint ep = qmp::unix_endpoint{in.agent_socket->string()};
             auto agent = co_await qmp::qga::client::connect(ep, qo);
             if (agent) {
@@ -128,8 +139,10 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
             out.rungs.push_back({rung, ms_since(t0)});
             if (exited && shutdown) out.exit_after_shutdown_ms = ms_since(t_shutdown);
             if (exited) {
+                // A SHUTDOWN that came after the budget but before the exit was seen is still
+                // the guest's own clean shutdown: nothing was forced.
                 if (!shutdown) crashed("the guest was asked to shut down");
-                out.clean = guest_clean;
+                out.clean = guest_clean || late_guest_shutdown;
                 out.rung = rung;
                 out.total_ms = ms_since(t_all);
                 co_return out;
@@ -177,7 +190,10 @@ asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::stri
                                                  std::chrono::milliseconds timeout) {
     qmp::client_options o;
     o.connect_timeout = timeout;
-    o.greeting_timeout = timeout;
+    // The greeting is a reply too: a monitor that does not greet within the reply timeout is
+    // as wedged as one that does not answer a command.
+    o.greeting_timeout = std::min(timeout, reply_timeout());
+    o.command_timeout = reply_timeout();
     const qmp::endpoint ep = qmp::unix_endpoint{paths.qmp_socket.string()};
     auto c = co_await qmp::client::connect(ep, o);
     if (!c) co_return fail(c.error());
@@ -207,6 +223,46 @@ asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
     co_return vm;
 }
 
+// The process holding the listening Unix socket bound at `path`: its inode from /proc/net/unix
+// (a listening entry: __SO_ACCEPTCON), then the process with an fd on that inode. Needed when
+// the socket cannot be connected to at all: a wedged QEMU accepts no more connections, and
+// once its small backlog is full of abandoned ones (status, earlier tries), connect() fails.
+std::optional<pid_t> listener_pid(const std::string& path) {
+    constexpr unsigned long accepting = 0x10000;  // __SO_ACCEPTCON
+    std::ifstream table("/proc/net/unix");
+    std::string line;
+    std::getline(table, line);  // header
+    std::optional<std::string> inode;
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        // Num RefCount Protocol Flags Type St Inode Path
+        std::array<std::string, 8> column;
+        for (auto& c : column)
+            fields >> c;
+        const auto& flags = column[3];
+        const auto& ino = column[6];
+        const auto& bound = column[7];
+        if (bound == path && (std::stoul(flags, nullptr, 16) & accepting)) {
+            inode = ino;
+            break;
+        }
+    }
+    if (!inode) return std::nullopt;
+    const std::string wanted = "socket:[" + *inode + "]";
+    std::error_code ec;
+    for (const auto& proc : std::filesystem::directory_iterator("/proc", ec)) {
+        const auto name = proc.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::error_code fd_ec;
+        for (const auto& fd : std::filesystem::directory_iterator(proc.path() / "fd", fd_ec)) {
+            std::error_code link_ec;
+            if (std::filesystem::read_symlink(fd.path(), link_ec).native() == wanted)
+                return static_cast<pid_t>(std::stol(name));
+        }
+    }
+    return std::nullopt;
+}
+
 // A QEMU whose monitor accepts but never answers (its main loop is wedged): neither the guest
 // rung nor `quit` can reach it, so SIGTERM, then SIGKILL, to the process behind the socket
 // (SO_PEERCRED, verified as for a QMP connection).
@@ -223,10 +279,18 @@ asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, st
     const bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
                            ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
                            cred.pid > 0;
+    const int connect_errno = errno;
     ::close(fd);
-    if (!connected)
-        co_return fail(errc::connect_failed, "cannot reach the process behind the QMP socket");
-    auto proc = verify_peer(cred.pid, qemu);
+    pid_t peer = cred.pid;
+    if (!connected) {
+        // A full backlog (EAGAIN) means a listener that no longer accepts: find it in /proc
+        // (it is then verified like a QMP peer). Any other failure: nothing listens there.
+        const auto listener = connect_errno == EAGAIN ? listener_pid(path) : std::optional<pid_t>{};
+        if (!listener)
+            co_return fail(errc::connect_failed, "cannot reach the process behind the QMP socket");
+        peer = *listener;
+    }
+    auto proc = verify_peer(peer, qemu);
     if (!proc) co_return fail(proc.error());
     stop_outcome out;
     out.was_running = true;
@@ -275,7 +339,12 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
             co_return out;
         }
         // No greeting or no answer to qmp_capabilities while we hold the lock: QEMU is hung.
-        if (vm.error().code != errc::timeout) co_return fail(vm.error());
+        // A monitor that answers with garbage (not QMP, a reply for a greeting) cannot be
+        // asked either: stop must still end the VM, so both go to the signal rungs.
+        const auto why = vm.error().code;
+        if (why != errc::timeout && why != errc::protocol_error && why != errc::bad_greeting &&
+            why != errc::message_too_large)
+            co_return fail(vm.error());
         auto forced = co_await detail::stop_unresponsive(
             paths, detail::qemu_binary_for(req.inst.config), req.progress);
         if (!forced) co_return forced;

@@ -254,6 +254,8 @@ class cache_lock {
     }
     cache_lock(cache_lock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
     cache_lock& operator=(cache_lock&&) = delete;
+    cache_lock(const cache_lock&) = delete;
+    cache_lock& operator=(const cache_lock&) = delete;
     ~cache_lock() {
         if (fd_ >= 0) ::close(fd_);
     }

@@ -324,6 +324,11 @@ def main():
         except (Failure, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             log(f"--- {name}: FAILED: {e}")
             failed.append(name)
+            # The guest's side of the failure, before the scratch directory goes.
+            for serial in glob.glob(os.path.join(tmp, "**", "serial.log"), recursive=True):
+                with open(serial, errors="replace") as f:
+                    tail = f.read().replace("\r", "").splitlines()[-60:]
+                log(f"last lines of {serial}:\n" + "\n".join(tail))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if failed:

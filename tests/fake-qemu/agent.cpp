@@ -230,6 +230,26 @@ void agent::reply_raw(std::string command, std::string bytes) {
     raw_replies_[std::move(command)] = std::move(bytes);
 }
 
+void agent::arm_fault(wire_fault fault, std::function<void(const std::string&)> log,
+                      std::function<void()> cut) {
+    fault_ = armed_fault{std::move(fault), std::move(log), std::move(cut), 0};
+}
+
+void agent::disarm_fault() {
+    fault_.reset();
+}
+
+bool agent::fault_strikes(const std::string& name) {
+    if (!fault_) return false;
+    const auto step = ++fault_->seen;
+    const bool strikes = step == fault_->fault.at;
+    if (fault_->log)
+        fault_->log(
+            fmt::format("fault: agent step {}: {}{}", step, name,
+                        strikes ? fmt::format(" ({})", to_string(fault_->fault.what)) : ""));
+    return strikes;
+}
+
 std::vector<std::string> agent::received_names() const {
     std::vector<std::string> names;
     for (const auto& r : received_)
@@ -322,6 +342,7 @@ asio::awaitable<bool> agent::handle(qmp::stream_socket& socket, std::string text
     auto execute = request.find("execute");
     outcome result;
     std::string name;
+    bool faulted = false;
     if (execute == request.end() || !execute->is_string()) {
         result = {outcome::kind::error,
                   {},
@@ -335,6 +356,19 @@ asio::awaitable<bool> agent::handle(qmp::stream_socket& socket, std::string text
     } else {
         name = execute->get<std::string>();
         if (close_on_.contains(name)) co_return false;
+        faulted = fault_strikes(name);
+        if (faulted && fault_->fault.what == wire_fault::kind::cut) {
+            if (fault_->cut) fault_->cut();
+            co_return false;
+        }
+        if (faulted && fault_->fault.what == wire_fault::kind::delay) {
+            auto busy =
+                std::make_shared<asio::steady_timer>(socket.get_executor(), fault_->fault.delay);
+            busy_ = busy;
+            auto [ec] = co_await busy->async_wait(as_tuple_awaitable);
+            if (busy_ == busy) busy_.reset();
+            if (ec || !socket.is_open()) co_return false;
+        }
         if (auto d = delays_.find(name); d != delays_.end()) {
             auto busy = std::make_shared<asio::steady_timer>(socket.get_executor(), d->second);
             busy_ = busy;
@@ -351,6 +385,20 @@ asio::awaitable<bool> agent::handle(qmp::stream_socket& socket, std::string text
             result = dispatch(name, args);
     }
 
+    if (faulted && fault_->fault.what == wire_fault::kind::garbage)
+        co_return co_await send(socket, "#fault: not JSON at all#\n");
+    if (faulted && fault_->fault.what == wire_fault::kind::wrong_id) {
+        // An id the client never sent: at the top level, and in guest-sync's echo.
+        value rsp;
+        if (name == "guest-sync" || name == "guest-sync-delimited")
+            rsp["return"] = 987654321;
+        else
+            rsp["return"] = result.what == outcome::kind::reply ? result.result : value::object();
+        rsp["id"] = "fault-wrong-id";
+        std::string line = result.delimited ? std::string(1, sentinel) : std::string();
+        line += to_qemu_json(rsp) + "\n";
+        co_return co_await send(socket, std::move(line));
+    }
     if (result.what == outcome::kind::none) {
         if (name == "guest-shutdown" && options_.close_after_shutdown) co_return false;
         co_return true;

@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "options.hpp"
 #include "qemu_json.hpp"
 #include "qmp/endpoint.hpp"
 
@@ -105,6 +106,12 @@ class agent {
     // `command` is answered with these raw bytes instead of its reply (garbage, a wrong id).
     void reply_raw(std::string command, std::string bytes);
 
+    // The fake QEMU's "fault" option: from now on, requests are counted and the fault.at-th
+    // gets the fault (logged to `log`); a cut calls `cut` to close the host's connection.
+    void arm_fault(wire_fault fault, std::function<void(const std::string&)> log,
+                   std::function<void()> cut);
+    void disarm_fault();
+
     // ---- observation ----
     // Every request parsed, in order, including those a hostile mode did not answer.
     const std::vector<value>& received() const { return received_; }
@@ -138,6 +145,7 @@ class agent {
     asio::awaitable<bool> handle(qmp::stream_socket& socket, std::string text);
     asio::awaitable<bool> send(qmp::stream_socket& socket, std::string bytes);
     outcome dispatch(const std::string& name, const value& args);
+    bool fault_strikes(const std::string& name);
     outcome exec(const value& args);
     outcome exec_status(const value& args);
     outcome file_open(const value& args);
@@ -168,6 +176,14 @@ class agent {
     std::map<std::int64_t, process> processes_;
     std::int64_t next_pid_ = 4242;
     std::int64_t clock_offset_ns_ = 0;
+
+    struct armed_fault {
+        wire_fault fault;
+        std::function<void(const std::string&)> log;
+        std::function<void()> cut;
+        std::size_t seen = 0;
+    };
+    std::optional<armed_fault> fault_;
 
     std::vector<value> received_;
     std::size_t connections_ = 0;

@@ -49,6 +49,19 @@ guest_agent_link::~guest_agent_link() {
 asio::awaitable<void> guest_agent_link::serve(socket_type& host) {
     auto c = std::make_shared<connection>(host, executor_);
     current_ = c;
+    // The "fault" option on the agent channel: counted from this host connection's first
+    // request; a cut closes the host's connection itself, as a chardev reset would.
+    if (auto fault = vm_.claim_fault(wire_fault::channel::agent)) {
+        std::weak_ptr<connection> weak = c;
+        agent_.arm_fault(*fault, log_, [weak] {
+            if (auto live = weak.lock()) {
+                std::error_code ignored;
+                live->host.shutdown(asio::socket_base::shutdown_both, ignored);
+                live->host.close(ignored);
+                live->notify();
+            }
+        });
+    }
     asio::co_spawn(executor_, read_host(c), asio::detached);
     while (c->host_open) {
         if (!c->to_host.empty()) {
@@ -88,7 +101,10 @@ asio::awaitable<void> guest_agent_link::serve(socket_type& host) {
         co_await c->changed.async_wait(tuple);
     }
     c->drop_link();
-    if (current_ == c) current_.reset();
+    if (current_ == c) {
+        current_.reset();
+        agent_.disarm_fault();
+    }
 }
 
 asio::awaitable<void> guest_agent_link::read_host(std::shared_ptr<connection> c) {

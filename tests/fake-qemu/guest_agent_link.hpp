@@ -3,7 +3,9 @@
 
 #include <asio.hpp>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "agent.hpp"
 #include "agent_channel.hpp"
@@ -27,6 +29,8 @@ class guest_agent_link {
 
     // The guest side: programs, files, hostile modes for tests.
     agent& guest_agent() { return agent_; }
+    // Where the "fault" option's steps are logged.
+    void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
     // Serves one host connection (an agent_channel handler); `host` outlives the coroutine.
     asio::awaitable<void> serve(socket_type& host);
 
@@ -41,6 +45,7 @@ class guest_agent_link {
     agent agent_;
     std::size_t subscription_ = 0;
     std::shared_ptr<connection> current_;
+    std::function<void(const std::string&)> log_;
 };
 
 }  // namespace stackemu::fake

@@ -89,7 +89,72 @@ result<std::string> read_file(const std::string& path) {
     return ss.str();
 }
 
+result<wire_fault> parse_fault(const json& v) {
+    if (!v.is_object())
+        return bad(
+            "'fault' must be {\"channel\": \"qmp\"|\"agent\", \"at\": N, \"kind\": "
+            "\"cut\"|\"delay\"|\"garbage\"|\"wrong_id\"}");
+    wire_fault f;
+    for (const auto& [key, e] : v.items()) {
+        if (key == "channel") {
+            auto c = get_string(e, "fault.channel");
+            if (!c) return fail(c.error());
+            if (*c == "qmp")
+                f.where = wire_fault::channel::qmp;
+            else if (*c == "agent")
+                f.where = wire_fault::channel::agent;
+            else
+                return bad(fmt::format("'fault.channel' must be qmp or agent, not '{}'", *c));
+        } else if (key == "at") {
+            auto n = get_count(e, "fault.at");
+            if (!n) return fail(n.error());
+            if (*n == 0) return bad("'fault.at' counts steps from 1");
+            f.at = *n;
+        } else if (key == "kind") {
+            auto k = get_string(e, "fault.kind");
+            if (!k) return fail(k.error());
+            static const std::map<std::string, wire_fault::kind, std::less<>> kinds{
+                {"cut", wire_fault::kind::cut},
+                {"delay", wire_fault::kind::delay},
+                {"garbage", wire_fault::kind::garbage},
+                {"wrong_id", wire_fault::kind::wrong_id}};
+            auto it = kinds.find(*k);
+            if (it == kinds.end())
+                return bad(fmt::format(
+                    "'fault.kind' must be cut, delay, garbage or wrong_id, not '{}'", *k));
+            f.what = it->second;
+        } else if (key == "delay_ms") {
+            auto n = get_count(e, "fault.delay_ms");
+            if (!n) return fail(n.error());
+            f.delay = std::chrono::milliseconds(*n);
+        } else if (key == "armed_by") {
+            auto path = get_string(e, "fault.armed_by");
+            if (!path) return fail(path.error());
+            f.armed_by = *path;
+        } else {
+            return bad(fmt::format("unknown fault key '{}'", key));
+        }
+    }
+    if (!v.contains("channel") || !v.contains("at") || !v.contains("kind"))
+        return bad("'fault' needs 'channel', 'at' and 'kind'");
+    return f;
+}
+
 }  // namespace
+
+std::string_view to_string(wire_fault::kind k) {
+    switch (k) {
+        case wire_fault::kind::cut:
+            return "cut";
+        case wire_fault::kind::delay:
+            return "delay";
+        case wire_fault::kind::garbage:
+            return "garbage";
+        case wire_fault::kind::wrong_id:
+            return "wrong_id";
+    }
+    return "?";
+}
 
 result<options> parse_options(const json& j) {
     options o;
@@ -331,6 +396,13 @@ result<options> parse_options(const json& j) {
              return {};
          }},
         {"job_error", opt_str(o.job_error, "job_error")},
+        {"fault",
+         [&o](const json& v) -> result<void> {
+             auto f = parse_fault(v);
+             if (!f) return fail(f.error());
+             o.fault = *f;
+             return {};
+         }},
     };
     for (const auto& [key, v] : j.items()) {
         auto it = handlers.find(key);

@@ -31,6 +31,27 @@ struct huge_reply {
     std::size_t bytes = 0;
 };
 
+// One fault injected at one step of one connection ("fault" option). Steps on a QMP session:
+// 1 is the greeting, k+1 the reply to the k-th command received. Steps on the agent channel:
+// the k-th request the guest agent reads from the host connection. The faulted connection is
+// the first one opened on that channel once the fault is armed: at once, or with `armed_by`
+// when that file exists (so a test can start a VM cleanly and fault a later command).
+struct wire_fault {
+    enum class channel { qmp, agent };
+    enum class kind {
+        cut,       // the connection closes instead of the step (the command is not run)
+        delay,     // the step waits `delay` first (the command runs late)
+        garbage,   // a line of non-JSON instead of the reply (the command runs)
+        wrong_id,  // the reply carries an id the client never sent (the command runs)
+    };
+    channel where = channel::qmp;
+    std::size_t at = 1;
+    kind what = kind::cut;
+    std::chrono::milliseconds delay{600000};
+    std::optional<std::string> armed_by;
+};
+std::string_view to_string(wire_fault::kind k);
+
 struct options {
     // Identity.
     int major = 7;
@@ -91,6 +112,10 @@ struct options {
     bool job_never_concludes = false;
     std::string never_concluding_job;  // with job_never_concludes: only jobs of this type stall
     std::optional<std::string> job_error;
+
+    // Faults at a numbered step; with it the fake logs each step of the faulted connection
+    // ("fault: qmp step 3: query-status") so that a test can count a sequence's steps.
+    std::optional<wire_fault> fault;
 };
 
 // Parses the JSON options object; unknown keys are errors so that typos do not pass silently.

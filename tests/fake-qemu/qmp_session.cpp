@@ -31,8 +31,33 @@ qmp_session::qmp_session(socket_type socket, vm& machine, bool pretty, logger lo
       log_(std::move(log)),
       dispatcher_(machine),
       shaper_(machine.config(), pretty),
-      wake_(socket_.get_executor()) {
+      wake_(socket_.get_executor()),
+      fault_(machine.claim_fault(wire_fault::channel::qmp)) {
 }
+
+bool qmp_session::fault_strikes(std::size_t step, std::string_view what) {
+    if (!fault_) return false;
+    const bool strikes = step == fault_->at;
+    if (log_)
+        log_(fmt::format("fault: qmp step {}: {}{}", step, what,
+                         strikes ? fmt::format(" ({})", to_string(fault_->what)) : ""));
+    return strikes;
+}
+
+// The step is held back this long; a closed session (QEMU exiting) ends the wait early.
+asio::awaitable<void> qmp_session::fault_delay() {
+    asio::steady_timer t(socket_.get_executor());
+    const auto until = std::chrono::steady_clock::now() + fault_->delay;
+    while (!closed_ && std::chrono::steady_clock::now() < until) {
+        t.expires_at(std::min(until, std::chrono::steady_clock::now() + 100ms));
+        co_await t.async_wait(tuple);
+    }
+}
+
+namespace {
+// What the garbage and wrong_id faults send.
+constexpr std::string_view fault_garbage = "#fault: not JSON at all#\r\n";
+}  // namespace
 
 void qmp_session::enqueue(std::string bytes) {
     if (closing_ || closed_) return;
@@ -127,6 +152,15 @@ asio::awaitable<void> qmp_session::writer() {
 asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
     const std::string name = command_of(item);
     if (log_) log_(fmt::format("qmp: <- {}", item.json ? to_qemu_json(*item.json) : item.error));
+    const bool faulted = fault_strikes(++commands_seen_ + 1, name.empty() ? "(no command)" : name);
+    if (faulted && fault_->what == wire_fault::kind::cut) {
+        shut();
+        co_return;
+    }
+    if (faulted && fault_->what == wire_fault::kind::delay) {
+        co_await fault_delay();
+        if (closed_) co_return;
+    }
     if (!name.empty() && options_.never_answer && name == *options_.never_answer) {
         if (log_) log_(fmt::format("qmp: swallowing {} (never_answer)", name));
         co_return;
@@ -150,6 +184,12 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
         message["error"] = std::move(e);
         enqueue(shaper_.frame(message));
     }
+    if (faulted && fault_->what == wire_fault::kind::garbage) {
+        enqueue(std::string(fault_garbage));
+        co_return;
+    }
+    if (faulted && fault_->what == wire_fault::kind::wrong_id)
+        (*response.reply)["id"] = "fault-wrong-id";
     enqueue(shaper_.frame(*response.reply));
 }
 
@@ -164,7 +204,22 @@ asio::awaitable<void> qmp_session::run() {
     if (!options_.hang_qmp) {
         if (options_.event_before_greeting)
             enqueue(shaper_.frame(make_event(*options_.event_before_greeting)));
-        enqueue(shaper_.frame(dispatcher_.greeting()));
+        if (!fault_strikes(1, "greeting")) {
+            enqueue(shaper_.frame(dispatcher_.greeting()));
+        } else if (fault_->what == wire_fault::kind::cut) {
+            shut();
+        } else if (fault_->what == wire_fault::kind::delay) {
+            co_await fault_delay();
+            enqueue(shaper_.frame(dispatcher_.greeting()));
+        } else if (fault_->what == wire_fault::kind::garbage) {
+            enqueue(std::string(fault_garbage));
+        } else {
+            // A reply where the greeting belongs.
+            value reply = value::object();
+            reply["return"] = value::object();
+            reply["id"] = "fault-wrong-id";
+            enqueue(shaper_.frame(reply));
+        }
     }
     std::string buffer(64 * 1024, '\0');
     std::vector<json_reader::item> items;

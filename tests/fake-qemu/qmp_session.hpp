@@ -6,7 +6,9 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "json_reader.hpp"
 #include "qmp_dispatcher.hpp"
@@ -36,6 +38,10 @@ class qmp_session : public std::enable_shared_from_this<qmp_session> {
     asio::awaitable<void> wait_until_read();
     asio::awaitable<void> process(const json_reader::item& item);
     void shut();
+    // The "fault" option, when this session is the faulted one: logs step `step` (`what`)
+    // and says whether the fault strikes there.
+    bool fault_strikes(std::size_t step, std::string_view what);
+    asio::awaitable<void> fault_delay();
 
     socket_type socket_;
     vm& vm_;
@@ -49,6 +55,8 @@ class qmp_session : public std::enable_shared_from_this<qmp_session> {
     bool closing_ = false;
     bool closed_ = false;
     std::size_t messages_sent_ = 0;
+    std::optional<wire_fault> fault_;
+    std::size_t commands_seen_ = 0;
 };
 
 }  // namespace stackemu::fake

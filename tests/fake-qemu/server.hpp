@@ -60,7 +60,10 @@ class server {
     result<void> forward_http(const std::string& host, int port, int guest_port);
 
     // Debug log lines (the executable's -D file).
-    void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
+    void set_log(std::function<void(const std::string&)> log) {
+        log_ = std::move(log);
+        if (agent_link_) agent_link_->set_log(log_);
+    }
 
     // Powers the VM on and starts serving every endpoint.
     void start();

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csignal>
 #include <ctime>
+#include <filesystem>
 
 namespace stackemu::fake {
 
@@ -613,6 +614,15 @@ std::string vm::hmp_info_snapshots() const {
                            size_to_str(s.vm_state_size), local_time(s.date_sec, false), clock, "");
     }
     return out;
+}
+
+std::optional<wire_fault> vm::claim_fault(wire_fault::channel channel) {
+    const auto& f = options_.fault;
+    if (!f || f->where != channel || fault_claimed_) return std::nullopt;
+    std::error_code ec;
+    if (f->armed_by && !std::filesystem::exists(*f->armed_by, ec)) return std::nullopt;
+    fault_claimed_ = true;
+    return f;
 }
 
 }  // namespace stackemu::fake

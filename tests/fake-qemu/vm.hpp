@@ -60,6 +60,9 @@ class vm {
     void start();
 
     const options& config() const { return options_; }
+    // The "fault" option for a connection opening now on `channel`: given to the first one
+    // opened while the fault is armed, nullopt for every other.
+    std::optional<wire_fault> claim_fault(wire_fault::channel channel);
     run_state state() const { return state_; }
     bool running() const { return state_ == run_state::running; }
     bool guest_ready() const { return guest_ready_; }
@@ -115,6 +118,7 @@ class vm {
     std::vector<snapshot> snapshots() const { return snapshots_.list(); }
 
   private:
+    bool fault_claimed_ = false;
     using action = std::function<void()>;
 
     void set_state(run_state s);

@@ -197,6 +197,7 @@ TEST_CASE("numeric settings are checked against their limits") {
         {"EMULATOR_READY_TIMEOUT", "0", "1", "86400", "86401"},
         {"EMULATOR_STOP_TIMEOUT", "0", "1", "86400", "86401"},
         {"EMULATOR_PROVISION_TIMEOUT", "0", "1", "86400", "86401"},
+        {"EMULATOR_REPLY_TIMEOUT", "0", "1", "86400", "86401"},
     };
     for (const auto& l : limits) {
         CAPTURE(l.var);
