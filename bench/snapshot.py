@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Snapshot benchmarks of the stackemu CLI on real QEMU (TCG) with the test guest. Prints JSON.
+"""Snapshot benchmarks of the stackemu CLI on real QEMU (TCG) with the test guest (or --image,
+e.g. the demo image). Prints JSON.
 
 Usage: bench/snapshot.py STACKEMU [--runs N] [--ram MIB] [--image QCOW2]
 
@@ -170,7 +171,7 @@ def main():
         env.pop("EMULATOR_QEMU", None)
         env.pop("EMULATOR_NAME", None)
         monitor = os.path.join(run_dir, "vm", "monitor.sock")
-        out = {"runs": a.runs, "guest": f"test guest, {a.ram} MiB, 1 vCPU, TCG",
+        out = {"runs": a.runs, "guest": f"{os.path.basename(image)}, {a.ram} MiB, 1 vCPU, TCG",
                "target": "stackemu p50 <= 1.10 x bare p50"}
         try:
             cli(stackemu, env, "start", "--image", image, "--ram", a.ram, "--cpus", "1",
