@@ -2,12 +2,18 @@
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <asio.hpp>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "lifecycle/controller_detail.hpp"
@@ -158,6 +164,41 @@ result<base_image> prepare_base(const build_request& req, const progress_sink& s
 }
 
 // The instance the provisioning VM runs as: visible in `stackemu list`, locked like any other.
+// True when a process listens on the Unix socket at `path`; false when it is a file left by a
+// process that is gone (connect is refused). A full backlog still means a listener.
+bool socket_has_listener(const fs::path& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return true;  // cannot tell: assume it is in use
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    const bool refused =
+        ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
+        (errno == ECONNREFUSED || errno == ENOENT);
+    ::close(fd);
+    return !refused;
+}
+
+// NAME.partial-PID files that a killed build left beside the image. A PID that still runs is
+// another build in progress, and its files stay.
+void remove_abandoned_partials(const fs::path& dir,
+                               const std::function<void(std::string_view)>& say) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+        const auto name = entry.path().filename().string();
+        const auto at = name.rfind(".partial-");
+        if (at == std::string::npos) continue;
+        const std::string_view digits = std::string_view(name).substr(at + 9);
+        pid_t pid = 0;
+        const auto [end, bad] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+        if (bad != std::errc{} || end != digits.data() + digits.size() || pid <= 0) continue;
+        if (::kill(pid, 0) == 0 || errno == EPERM) continue;
+        std::error_code removed;
+        if (fs::remove(entry.path(), removed))
+            say(fmt::format("removed {}, left by a build that was killed", name));
+    }
+}
+
 std::string build_instance_name(const build_request& req) {
     auto name = fmt::format("build-{}", req.profile.file.runtime.name);
     if (name.size() > 32) name.resize(32);
@@ -301,11 +342,18 @@ asio::awaitable<result<build_outcome>> build_image(build_request req) {
         if (!lock) co_return fail(lock.error());
     }
     std::error_code ec;
-    if (fs::exists(paths.qmp_socket, ec))
-        co_return fail(errc::busy,
-                       fmt::format("a provisioning VM of the {} profile is still there (kept "
-                                   "with --keep-on-failure?): `stackemu stop --name {}` ends it",
-                                   prof.runtime.name, s.name));
+    if (fs::exists(paths.qmp_socket, ec)) {
+        if (socket_has_listener(paths.qmp_socket))
+            co_return fail(
+                errc::busy,
+                fmt::format("a provisioning VM of the {} profile is still running (kept with "
+                            "--keep-on-failure, or its build-image was killed): `stackemu stop "
+                            "--name {}` ends it",
+                            prof.runtime.name, s.name));
+        detail::remove_sockets(paths);
+        say("removed the stale sockets of a provisioning VM that is gone");
+    }
+    remove_abandoned_partials(output.parent_path(), say);
     // A fresh overlay for every build: nothing of an earlier attempt leaks into this one.
     fs::remove(paths.disk, ec);
     fs::remove(paths.vm_dir / "overlay.json", ec);

@@ -6,8 +6,10 @@
 // concludes, a guest that ignores the shutdown request) and the test waits, by inotify, for
 // the mark that shows the controller got there (a line in QEMU's -D log, stackemu's progress
 // on stderr, state.json). No sleeps; ceilings only against hangs.
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <filesystem>
@@ -272,6 +274,65 @@ TEST_CASE("fault matrix: stop killed while it saves the ready state", "[fault][k
 }
 
 // ---- QEMU killed ----
+
+// build-image killed while the guest provisions: its VM runs on under the instance
+// build-<profile>; the next build refuses with the command that ends it; once it is stopped a
+// build succeeds, and files a killed build left half-written are removed (never published).
+TEST_CASE("fault matrix: build-image killed while it provisions", "[fault][kill-controller]") {
+    sandbox sb;
+    const fs::path profile = sb.dir / "profile";
+    fs::create_directories(profile);
+    std::ofstream(profile / "profile.json") << R"({
+        "name": "killtest", "forwards": [], "probes": [], "agent": true,
+        "ready_marker": "STACK_EMULATOR_READY", "failure_markers": ["STACK_CLOUD_INIT_FAILED"],
+        "provision": {"done_marker": "STACK_CLOUD_INIT_DONE",
+                      "failed_marker": "STACK_CLOUD_INIT_FAILED",
+                      "progress_prefix": "STACK_PROGRESS "}})";
+    std::ofstream(profile / "user-data") << "#cloud-config\n{}\n";
+    std::ofstream(profile / "meta-data") << "instance-id: killtest\n";
+    const fs::path out_dir = sb.dir / "out";
+    const fs::path image = out_dir / "killtest.qcow2";
+    const std::vector<std::string> build{
+        "build-image", "--profile",    profile.string(), "--base", (sb.dir / "base.qcow2").string(),
+        "--output",    image.string(), "--accel",        "tcg"};
+    const fs::path build_vm = sb.dir / "run" / "instances" / "build-killtest" / "vm";
+
+    // Provisioning that never ends; the build is killed in the middle of it.
+    sb.fake = json{{"console", json::array({console_step(20, "STACK_PROGRESS installing")})}};
+    auto first = sb.spawn(build);
+    REQUIRE(wait_for_text(build_vm / "serial.log", "STACK_PROGRESS installing"));
+    sb.kill_command(first);
+    REQUIRE(sb.fakes().size() == 1);  // the provisioning VM runs on, reachable by name
+
+    // The next build says what holds it, changes nothing, and the VM stops by its name.
+    auto refused = sb.run(build);
+    CHECK(refused.code == exit_code::busy);
+    CHECK_THAT(refused.err, Catch::Contains("stackemu stop --name build-killtest"));
+    CHECK_FALSE(fs::exists(image));
+    auto stopped = sb.run({"stop", "--name", "build-killtest", "--stop-timeout", "3"});
+    CHECK((stopped.code == exit_code::ok || stopped.code == exit_code::stopped_forcibly));
+    CHECK(sb.no_fakes_left());
+
+    // What a build killed while publishing would leave: removed when its pid is gone; a file
+    // of a build still running (this process stands in for it) stays.
+    fs::create_directories(out_dir);
+    const fs::path abandoned = out_dir / "killtest.qcow2.partial-4194302";
+    const fs::path in_progress = out_dir / fmt::format("other.qcow2.partial-{}", ::getpid());
+    std::ofstream(abandoned) << "half an image";
+    std::ofstream(in_progress) << "another build's image";
+
+    sb.fake = json{{"console", json::array({console_step(20, "STACK_PROGRESS installing"),
+                                            console_step(20, "STACK_CLOUD_INIT_DONE"),
+                                            json{{"after_ms", 20}, {"action", "poweroff"}}})}};
+    auto built = sb.run(build);
+    CHECK(built.code == exit_code::ok);
+    CHECK(fs::exists(image));
+    CHECK(fs::exists(out_dir / "killtest.json"));
+    CHECK_FALSE(fs::exists(abandoned));
+    CHECK(fs::exists(in_progress));
+    CHECK_THAT(built.err, Catch::Contains("left by a build that was killed"));
+    CHECK(sb.no_fakes_left());
+}
 
 TEST_CASE("fault matrix: QEMU killed while it launches", "[fault][kill-qemu]") {
     sandbox sb;
