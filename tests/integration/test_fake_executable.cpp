@@ -2,13 +2,16 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -63,6 +66,18 @@ std::string slurp(const std::string& path) {
 bool is_socket(const std::string& path) {
     struct stat st {};
     return ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+// A connect succeeds: the socket file appears at bind(), a moment before listen().
+bool accepts_connections(const std::string& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    return ok;
 }
 
 // Starts fake-qemu with `args` (no shell), STACKEMU_FAKE_QEMU=`behaviour`, and its stdout and
@@ -344,11 +359,12 @@ TEST_CASE("fake-qemu in the foreground: quit ends the process with status 0") {
                                         "-pidfile", pidfile};
     const pid_t fake = spawn_fake(args, "", dir / "out", dir / "err");
     child_guard guard{fake};
-    // Without -daemonize nothing says when the socket is ready: poll for it.
+    // Without -daemonize nothing says when the socket is ready: poll until it accepts (a
+    // sanitizer build takes long enough between bind() and listen() to be caught there).
     const auto deadline = std::chrono::steady_clock::now() + process_ceiling;
-    while (!is_socket(qmp_path) && std::chrono::steady_clock::now() < deadline)
+    while (!accepts_connections(qmp_path) && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(5ms);
-    REQUIRE(is_socket(qmp_path));
+    REQUIRE(accepts_connections(qmp_path));
 
     asio::io_context ctx;
     test::run(
