@@ -137,31 +137,9 @@ struct sandbox {
         fs::create_directories(dir / "cache");
         std::ofstream(dir / "vmlinuz") << "not a kernel\n";
         std::ofstream(dir / "initrd.img") << "not an initrd\n";
-        auto made = stackemu::lifecycle::run_tool(
-            {"qemu-img", "create", "-q", "-f", "qcow2", (dir / "base.qcow2").string(), "64M"});
-        REQUIRE(made);
-        REQUIRE(made->exit_code == 0);
-        const json manifest = {
-            {"format", 1},
-            {"arch", "amd64"},
-            {"disk", "base.qcow2"},
-            {"boot",
-             {{"mode", "kernel"},
-              {"kernel", "vmlinuz"},
-              {"initrd", "initrd.img"},
-              {"cmdline", "console=ttyS0"}}},
-            {"profile",
-             {{"name", "fault-test"},
-              {"forwards", json::array({{{"name", "dashboard"}, {"guest", 8000}},
-                                        {{"name", "backend"}, {"guest", 8001}},
-                                        {{"name", "minio"}, {"guest", 9000}},
-                                        {{"name", "inbucket"}, {"guest", 9001}}})},
-              {"probes",
-               json::array({{{"name", "backend"}, {"forward", "backend"}, {"path", "/health"}}})},
-              {"ready_marker", "STACK_EMULATOR_READY"},
-              {"failure_markers", json::array({"STACK_CLOUD_INIT_FAILED"})},
-              {"agent", true}}},
-            {"build_id", "fault-test-1"}};
+        // The image and manifest of the CLI tests (agent, four forwards, a backend probe).
+        stackemu::test::cli::sandbox::make_qcow2(dir / "base.qcow2");
+        const json manifest = stackemu::test::cli::manifest_for("base.qcow2");
         std::ofstream(dir / "base.json") << manifest.dump(2) << "\n";
     }
 
