@@ -2,13 +2,14 @@
 #include "provision/debian_base.hpp"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <sys/utsname.h>
 
 #include <algorithm>
 #include <array>
 #include <iterator>
 #include <set>
+
+#include "provision/download.hpp"
 
 namespace stackemu::provision {
 
@@ -60,16 +61,6 @@ std::string join(const std::vector<std::string>& parts, std::string_view sep) {
         out += p;
     }
     return out;
-}
-
-std::string sha256_hex(std::string_view bytes) {
-    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-    unsigned int len = 0;
-    EVP_Digest(bytes.data(), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr);
-    std::string hex;
-    for (unsigned int i = 0; i < len; ++i)
-        hex += fmt::format("{:02x}", digest[i]);
-    return hex;
 }
 
 std::vector<std::string_view> lines_of(std::string_view text) {
