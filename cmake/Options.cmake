@@ -1,12 +1,16 @@
-# Warnings (as errors) and sanitizer flags for our own targets only.
+# Warnings (as errors with STACKEMU_WERROR) and sanitizer flags for our own targets only.
 add_library(stackemu_options INTERFACE)
 target_compile_options(stackemu_options INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align -Wunused
   -Woverloaded-virtual -Wformat=2 -Wimplicit-fallthrough
   # GCC 12 misreads Asio's recycling allocator for coroutine frames as mismatched new/delete.
   # (-Wnull-dereference is left out for the same reason: it fires inside Asio's scheduler.)
-  -Wno-mismatched-new-delete
-  -Werror)
+  -Wno-mismatched-new-delete)
+# A developer setting (scripts/test and CI turn it on): a user's compiler that warns
+# differently must never break their build.
+if(STACKEMU_WERROR)
+  target_compile_options(stackemu_options INTERFACE -Werror)
+endif()
 # Debian 12's default clang (14) cannot compile us: libstdc++ 12 declares std::expected only
 # when __cpp_concepts >= 202002L, for conditionally trivial special members (P0848). clang 16
 # implements P0848 but reports 201907L until clang 19, so the value is raised for 16 to 18.

@@ -591,8 +591,12 @@ result<launch_result> launch_daemonized(std::vector<std::string> argv, std::stri
             fmt::format("{} was killed by signal {} ({}) while starting", program_name(program),
                         WTERMSIG(status),
                         sigabbrev_np(WTERMSIG(status)) ? sigabbrev_np(WTERMSIG(status)) : "?");
-        if (!out.stderr_text.empty())
-            text += "\n" + explain_launcher_failure(out.stderr_text, options.context);
+        // Appended in two steps: GCC 12 at -O3 misreads `"\n" + string` as an overflowing
+        // memcpy (-Wstringop-overflow), a known false positive.
+        if (!out.stderr_text.empty()) {
+            text += '\n';
+            text += explain_launcher_failure(out.stderr_text, options.context);
+        }
         return fail(errc::process_failed, std::move(text));
     }
     return fail(errc::process_failed,

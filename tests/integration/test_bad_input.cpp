@@ -189,8 +189,10 @@ void run_case(const bad_case& c) {
     const auto after = disk_state(sb, c.check);
 
     std::string command = "stackemu";
-    for (const auto& a : c.args)
-        command += " " + sb.expand(a);
+    for (const auto& a : c.args) {  // two appends: GCC 12 -O3 -Wstringop-overflow false positive
+        command += ' ';
+        command += sb.expand(a);
+    }
     INFO(c.what << "\n"
                 << command << "\nexit " << r.code << "\nstdout: " << r.out
                 << "\nstderr: " << r.err);
