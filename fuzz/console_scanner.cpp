@@ -1,10 +1,12 @@
 // Fuzz target: the console line scanner and marker matching (src/lifecycle/console_scanner).
 // Invariants: however the bytes are split, the same lines; one line per '\n'; a line is its raw
-// bytes (up to the cap) without terminal codes or control bytes; a marker counts only for a
-// whole line equal to it, never for a lookalike inside a longer line.
+// bytes (up to the cap) without terminal codes or control bytes; an exact marker counts only for
+// a whole line equal to it, a prefix marker only at the line's start as a whole word, and never
+// for a lookalike later in a longer line.
 #include "lifecycle/console_scanner.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,28 +51,47 @@ bool is_clean(std::string_view text) {
         text, [](unsigned char c) { return (c < 0x20 && c != '\t') || c == 0x7f; });
 }
 
+std::string_view trimmed(std::string_view view) {
+    while (!view.empty() && (view.front() == ' ' || view.front() == '\t'))
+        view.remove_prefix(1);
+    while (!view.empty() && (view.back() == ' ' || view.back() == '\t'))
+        view.remove_suffix(1);
+    return view;
+}
+
 void check_marker_rules(std::string_view raw_line) {
     using lifecycle::is_marker_line;
     using lifecycle::strip_terminal_codes;
+    constexpr auto exact = provision::marker_match::exact;
+    constexpr auto prefix = provision::marker_match::prefix;
     const auto clean = strip_terminal_codes(raw_line);
     check(strip_terminal_codes(clean) == clean, "cleaning twice changes nothing");
     check(clean.size() <= raw_line.size() && is_clean(clean), "cleaning only removes bytes");
-    check(is_marker_line(clean, ready_marker) == is_marker_line(raw_line, ready_marker),
-          "a line and its cleaned text match the same markers");
-    if (is_marker_line(raw_line, ready_marker)) {
-        std::string_view view = clean;
-        while (!view.empty() && (view.front() == ' ' || view.front() == '\t'))
-            view.remove_prefix(1);
-        while (!view.empty() && (view.back() == ' ' || view.back() == '\t'))
-            view.remove_suffix(1);
-        check(view == ready_marker, "a marker line is the marker and blanks, nothing else");
+    for (auto match : {exact, prefix})
+        check(is_marker_line(clean, ready_marker, match) ==
+                  is_marker_line(raw_line, ready_marker, match),
+              "a line and its cleaned text match the same markers");
+    const auto view = trimmed(clean);
+    if (is_marker_line(raw_line, ready_marker, exact))
+        check(view == ready_marker, "an exact marker line is the marker and blanks, nothing else");
+    if (is_marker_line(raw_line, ready_marker, exact))
+        check(is_marker_line(raw_line, ready_marker, prefix), "an exact match is a prefix match");
+    if (is_marker_line(raw_line, ready_marker, prefix)) {
+        check(view.starts_with(ready_marker), "a prefix marker line starts with the marker");
+        if (view.size() > ready_marker.size()) {
+            const auto next = static_cast<unsigned char>(view[ready_marker.size()]);
+            check(!std::isalnum(next) && next != '_' && next != '-',
+                  "a prefix marker is a whole word");
+        }
     }
-    // Lookalikes: text before the line, or after it, makes it a longer line.
-    check(!is_marker_line("# " + std::string(raw_line), ready_marker),
-          "a marker after other text is not a marker line");
+    // Lookalikes: text before the marker makes it no marker line in either mode; text after it
+    // makes it a longer line for an exact marker.
+    for (auto match : {exact, prefix})
+        check(!is_marker_line("# " + std::string(raw_line), ready_marker, match),
+              "a marker after other text is not a marker line");
     if (raw_line.find('\x1b') == std::string_view::npos)  // an open escape may swallow the text
-        check(!is_marker_line(std::string(raw_line) + " #", ready_marker),
-              "a marker before other text is not a marker line");
+        check(!is_marker_line(std::string(raw_line) + " #", ready_marker, exact),
+              "an exact marker before other text is not a marker line");
     check(!is_marker_line(raw_line, ""), "an empty marker never matches");
 }
 

@@ -13,6 +13,7 @@
 #include "lifecycle/accel_probe.hpp"
 #include "lifecycle/controller.hpp"
 #include "lifecycle/exit_codes.hpp"
+#include "lifecycle/files.hpp"
 #include "lifecycle/process.hpp"
 #include "lifecycle/qemu_argv.hpp"
 #include "provision/manifest.hpp"
@@ -39,7 +40,20 @@ std::optional<std::string> version_of(const std::string& program) {
     return r->out.substr(0, r->out.find('\n'));
 }
 
-std::vector<finding> diagnose(const instance& inst) {
+// The image doctor checks: --image, else the one this instance last ran (state.json), else
+// the built image for the arch. A user on their own image is not told the default is missing.
+fs::path image_to_check(const instance& inst, const std::string& flag) {
+    if (!flag.empty()) return flag;
+    if (auto text = read_file(inst.paths.state.string())) {
+        auto j = nlohmann::json::parse(*text, nullptr, false);
+        if (j.is_object() && j.contains("image") && j["image"].is_string() &&
+            !j["image"].get<std::string>().empty())
+            return j["image"].get<std::string>();
+    }
+    return provision::default_image(inst.config.image_dir, to_string(inst.config.guest_arch));
+}
+
+std::vector<finding> diagnose(const instance& inst, const fs::path& image) {
     std::vector<finding> out;
     const auto& s = inst.config;
     const std::string qemu =
@@ -57,7 +71,6 @@ std::vector<finding> diagnose(const instance& inst) {
 
     // The accelerator, chosen exactly as start would.
     const auto host = host_facts::current();
-    const auto image = provision::default_image(s.image_dir, to_string(s.guest_arch));
     auto m = provision::load_manifest(image);
     accel_probe_inputs in;
     in.mode = s.accel;
@@ -157,14 +170,18 @@ void add_doctor_command(CLI::App& app, std::function<int()>& action) {
     auto* cmd = app.add_subcommand(
         "doctor", "Check QEMU, the accelerator, firmware, image, ports, run directory and sockets");
     auto o = add_instance_options(cmd, option_set::runtime);
-    cmd->callback([o, &action] {
-        action = [o]() -> int {
+    auto image = std::make_shared<std::string>();
+    cmd->add_option("--image", *image,
+                    "the image to check (default: the one this instance last ran, else the built "
+                    "image for the arch)");
+    cmd->callback([o, image, &action] {
+        action = [o, image]() -> int {
             auto inst = resolve_instance(*o);
             if (!inst) {
                 report("doctor", inst.error());
                 return exit_code::usage;
             }
-            auto findings = diagnose(*inst);
+            auto findings = diagnose(*inst, image_to_check(*inst, *image));
             bool failed = false;
             json all = json::array();
             for (const auto& f : findings) {

@@ -77,8 +77,9 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                     "EMULATOR_IMAGE_DIR/stack-emulator-<arch>.qcow2");
     cmd->add_flag("--keep-on-failure", x->keep_on_failure,
                   "leave a VM that failed to start running, for debugging");
-    cmd->add_flag("--cold", x->cold,
-                  "boot from scratch even when a saved ready state (`snapshot save --ready`) fits");
+    cmd->add_flag(
+        "--cold", x->cold,
+        "boot from scratch even when the saved ready state (`snapshot save stackemu-ready`) fits");
     cmd->add_flag("--console", x->console, "echo the guest's console while it boots");
     cmd->add_flag("-q,--quiet", x->quiet, "no progress lines");
     cmd->add_option("--append", x->append,
@@ -123,6 +124,7 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                           {"vm_kept", r.vm_kept},
                           {"warm", r.warm},
                           {"warm_note", r.warm_note},
+                          {"clock_note", r.clock_note},
                           {"peak_rss_kib", peak_rss_kib()}};
                 if (r.pid) j["pid"] = *r.pid;
                 std::cout << j.dump(2) << std::endl;

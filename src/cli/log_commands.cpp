@@ -122,12 +122,26 @@ void add_logs(CLI::App& app, std::function<int()>& action) {
                                                       p.string())));
                 return exit_code::error;
             }
+            // --json: one object a line, {"line": TEXT}; a console's stray bytes that are not
+            // UTF-8 are replaced, never a reason to fail.
+            const bool as_json = o->json;
+            auto print = [as_json](const std::string& l) {
+                if (as_json)
+                    std::cout << json{{"line", l}}.dump(-1, ' ', false,
+                                                        json::error_handler_t::replace)
+                              << '\n';
+                else
+                    std::cout << l << '\n';
+            };
             auto [lines, offset] = last_lines(p, x->lines);
             for (const auto& l : lines)
-                std::cout << l << '\n';
+                print(l);
             std::cout.flush();
             if (x->follow)
-                follow(p, offset, [](const std::string& l) { std::cout << l << std::endl; });
+                follow(p, offset, [&print](const std::string& l) {
+                    print(l);
+                    std::cout.flush();
+                });
             return exit_code::ok;
         };
     });

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     add_build_image_command(app, action);
     add_snapshot_commands(app, action);
     add_exec_commands(app, action);
+    add_image_commands(app, action);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -16,5 +16,6 @@ void add_pull_command(CLI::App& app, std::function<int()>& action);
 void add_build_image_command(CLI::App& app, std::function<int()>& action);
 void add_snapshot_commands(CLI::App& app, std::function<int()>& action);
 void add_exec_commands(CLI::App& app, std::function<int()>& action);
+void add_image_commands(CLI::App& app, std::function<int()>& action);
 
 }  // namespace stackemu::cli

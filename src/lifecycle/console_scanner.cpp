@@ -1,6 +1,8 @@
 // Console line scanning and terminal-escape stripping.
 #include "lifecycle/console_scanner.hpp"
 
+#include <cctype>
+
 namespace stackemu::lifecycle {
 
 namespace {
@@ -64,7 +66,7 @@ std::string strip_terminal_codes(std::string_view raw) {
     return out;
 }
 
-bool is_marker_line(std::string_view line, std::string_view marker) {
+bool is_marker_line(std::string_view line, std::string_view marker, provision::marker_match match) {
     if (marker.empty()) return false;
     const auto clean = strip_terminal_codes(line);
     std::string_view view = clean;
@@ -72,7 +74,15 @@ bool is_marker_line(std::string_view line, std::string_view marker) {
         view.remove_prefix(1);
     while (!view.empty() && is_blank(view.back()))
         view.remove_suffix(1);
-    return view == marker;
+    if (view == marker) return true;
+    if (match == provision::marker_match::exact || !view.starts_with(marker)) return false;
+    // Whole word: what follows may not continue an identifier (READY vs READY_SOON).
+    const auto next = static_cast<unsigned char>(view[marker.size()]);
+    return !(std::isalnum(next) || next == '_' || next == '-');
+}
+
+bool is_kernel_panic_line(std::string_view line) {
+    return line.find("Kernel panic - not syncing") != std::string_view::npos;
 }
 
 console_scanner::console_scanner(std::size_t max_line, std::size_t history)

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "provision/manifest.hpp"
+
 namespace stackemu::lifecycle {
 
 inline constexpr std::size_t default_max_console_line = std::size_t{64} * 1024;
@@ -23,9 +25,15 @@ struct console_text_line {
 // after one must still match.
 std::string strip_terminal_codes(std::string_view raw);
 
-// True when `line`, once cleaned and with surrounding blanks removed, is exactly `marker`:
-// a marker inside a longer line (a log quoting it, an echo of a command) does not count.
-bool is_marker_line(std::string_view line, std::string_view marker);
+// True when `line`, once cleaned and with surrounding blanks removed, starts with `marker` as a
+// whole word (prefix: `GUEST_READY uptime=1.8`, not `GUEST_READY_SOON`) or is exactly `marker`
+// (exact). A marker inside a longer line (a log quoting it, an echo of a command) never counts.
+bool is_marker_line(std::string_view line, std::string_view marker,
+                    provision::marker_match match = provision::marker_match::prefix);
+
+// The kernel's own panic line ("Kernel panic - not syncing: ..."), printed with or without a
+// printk timestamp: a panic seen on the console needs no pvpanic device in the guest.
+bool is_kernel_panic_line(std::string_view line);
 
 // Sans-io: bytes in as they arrive, in chunks of any size; whole lines out. The raw line is
 // buffered until its '\n', so a split anywhere (inside CRLF or an escape sequence) gives the

@@ -81,8 +81,9 @@ struct start_outcome {
     std::vector<std::string> last_lines;
     bool vm_kept = false;  // --keep-on-failure left the failed VM running
     std::optional<pid_t> pid;
-    bool warm = false;      // started from the saved ready state
-    std::string warm_note;  // why the ready state was not used, when it exists
+    bool warm = false;       // started from the saved ready state
+    std::string warm_note;   // why the ready state was not used, when it exists
+    std::string clock_note;  // a restored guest without an agent: its clock is behind
 };
 // The snapshot `start` restores instead of booting (saved by `stackemu snapshot save --ready`).
 inline constexpr std::string_view ready_state_name = "stackemu-ready";

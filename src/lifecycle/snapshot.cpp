@@ -937,9 +937,23 @@ bool ready_state_current(const instance_paths& paths) {
 void set_ready_state_current(const instance_paths& paths, bool current) {
     std::error_code ec;
     if (!current && !fs::exists(paths.vm_dir / "ready-state.json", ec)) return;
+    const auto unix_now = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
     (void)write_file_atomically(
         (paths.vm_dir / "ready-state.json").string(),
-        json{{"current", current}, {"at", detail::now_iso8601()}}.dump() + "\n", 0600);
+        json{{"current", current}, {"at", detail::now_iso8601()}, {"unix", unix_now}}.dump() + "\n",
+        0600);
+}
+
+std::optional<std::int64_t> ready_state_saved_at(const instance_paths& paths) {
+    auto text = read_file((paths.vm_dir / "ready-state.json").string());
+    if (!text) return std::nullopt;
+    auto j = json::parse(*text, nullptr, false);
+    if (!j.is_object() || !j.value("current", false) || !j.contains("unix") ||
+        !j["unix"].is_number_integer())
+        return std::nullopt;
+    return j["unix"].get<std::int64_t>();
 }
 
 asio::awaitable<result<snapshot_outcome>> refresh_ready_state(instance inst, qmp::client& c) {

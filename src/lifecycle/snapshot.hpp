@@ -159,6 +159,8 @@ asio::awaitable<result<snapshot_outcome>> save_snapshot(snapshot_request req);
 // vm/ready-state.json; a missing or unreadable file reads as stale.
 bool ready_state_current(const instance_paths& paths);
 void set_ready_state_current(const instance_paths& paths, bool current);
+// When `stop` saved the current ready state (Unix seconds); nullopt when it is not current.
+std::optional<std::int64_t> ready_state_saved_at(const instance_paths& paths);
 // For `stop`, on the running VM it holds the lock of: when the overlay has a ready state and the
 // VM is running or paused after a successful start, saves the current state over it and marks
 // it current. errc::not_found: fast start is off (no ready state); wrong_state: not saved

@@ -23,6 +23,7 @@
 #include "lifecycle/stop_ladder.hpp"
 #include "lifecycle/vm_process.hpp"
 #include "provision/iso.hpp"
+#include "provision/kernel_arch.hpp"
 #include "qmp/commands.hpp"
 #include "qmp/qga.hpp"
 
@@ -160,6 +161,18 @@ result<provision::manifest> preflight(const settings& s, const instance_paths& p
                                 "image for {} or set the architecture to {}",
                                 image.string(), m->arch, to_string(s.guest_arch),
                                 to_string(s.guest_arch), m->arch));
+    if (m->kernel_boot) {
+        // A manifest that lies about its kernel's arch would boot to a silent console.
+        auto kernel_arch = provision::kernel_arch_of(m->kernel_boot->kernel);
+        if (!kernel_arch) return fail(kernel_arch.error());
+        if (*kernel_arch && **kernel_arch != m->arch)
+            return fail(errc::invalid_argument,
+                        fmt::format("the manifest of {} says \"arch\": \"{}\", but its kernel {} "
+                                    "is an {} kernel: set \"arch\" to \"{}\" in the manifest, or "
+                                    "give it a kernel built for {}",
+                                    image.string(), m->arch, m->kernel_boot->kernel.string(),
+                                    **kernel_arch, **kernel_arch, m->arch));
+    }
     if (!overlay_current(paths, *m))
         if (auto usable = check_base_image(m->disk); !usable) return fail(usable.error());
     std::error_code ec;
@@ -191,6 +204,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
           scanner(default_max_console_line, tail_lines),
           done(ex, clock_type::time_point::max()),
           deadline(ex),
+          silent_console(ex),
           serial(ex),
           prober(ex) {}
 
@@ -200,6 +214,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
     console_scanner scanner;
     asio::steady_timer done;
     asio::steady_timer deadline;
+    asio::steady_timer silent_console;  // the empty-console warning; cancelled with the run
     asio::local::stream_protocol::socket serial;
     http_prober prober;
     progress_sink progress;
@@ -212,6 +227,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
     std::optional<report_failure> failure;
     bool first_byte_seen = false;
     bool warm = false;  // restored from the ready state: the guest clock needs setting
+    std::string silent_console_hint;  // what to check when the console stays empty
 
     void mark(std::string name) { phases.push_back({std::move(name), detail::ms_since(t0)}); }
 
@@ -251,6 +267,7 @@ struct start_run : std::enable_shared_from_this<start_run> {
         finished = true;
         done.cancel();
         deadline.cancel();
+        silent_console.cancel();
         std::error_code ignored;
         serial.close(ignored);
     }
@@ -365,8 +382,23 @@ asio::awaitable<void> watch_deadline(std::shared_ptr<start_run> run, std::chrono
     if (ec || run->finished) co_return;
     // The state machine appends what is still missing.
     std::string what = fmt::format("ready within {} s (EMULATOR_READY_TIMEOUT)", limit.count());
+    if (!run->first_byte_seen)
+        what += fmt::format("; the serial console stayed empty: {}", run->silent_console_hint);
     deadline_passed input{what};
     run->feed(input);
+}
+
+// A guest that prints nothing at all is usually one that never booted (a kernel for another
+// arch, no console=ttyS0): say so long before the ready timeout.
+asio::awaitable<void> watch_silent_console(std::shared_ptr<start_run> run,
+                                           std::chrono::seconds after) {
+    if (run->finished) co_return;
+    run->silent_console.expires_after(after);
+    std::error_code ignored;
+    co_await run->silent_console.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    if (run->finished || run->first_byte_seen || !run->progress) co_return;
+    run->progress(fmt::format("no output on the serial console after {} s: {}", after.count(),
+                              run->silent_console_hint));
 }
 
 void spawn_watcher(const asio::any_io_executor& ex, asio::awaitable<void> task) {
@@ -397,6 +429,37 @@ asio::awaitable<result<void>> ready_state_usable(qmp::client& c, instance_paths 
                    verdict.reason.empty() ? "its compatibility is unknown" : verdict.reason);
 }
 
+constexpr std::chrono::seconds silent_console_warning{30};
+
+std::string silent_console_hint(const provision::manifest& m) {
+    const bool arm = m.arch == "arm64";
+    if (!m.kernel_boot)
+        return fmt::format(
+            "the guest may not boot at all, or may not write to its first serial port: check that "
+            "the disk is a bootable {} image and that its kernel runs with console={}",
+            m.arch, arm ? "ttyAMA0" : "ttyS0");
+    return fmt::format(
+        "check that the kernel is built for {} (the manifest's \"arch\") and that the manifest's "
+        "boot.cmdline has console={} (a kernel booted with \"quiet\" prints nothing until its "
+        "userland does)",
+        m.arch, arm ? "ttyAMA0" : "ttyS0");
+}
+
+// Without an agent nobody sets a restored guest's clock: say by how much it is behind.
+std::string agentless_clock_note(std::optional<std::int64_t> saved_unix) {
+    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    const std::string behind =
+        saved_unix ? fmt::format("{} s", std::max<std::int64_t>(0, now - *saved_unix))
+                   : std::string("the time since the last stop");
+    return fmt::format(
+        "the image has no guest agent, so the restored guest's clock was not set: "
+        "it is behind the host by {} until the guest corrects it (NTP); an image "
+        "with \"agent\": true gets its clock set at every fast start",
+        behind);
+}
+
 struct launch_plan {
     start_request req;
     std::string qemu;
@@ -405,6 +468,7 @@ struct launch_plan {
     std::string accel;
     std::string build_id;
     provision::profile profile;
+    std::string silent_console_hint;
     launch_context context;
     clock_type::time_point t0;
 };
@@ -434,11 +498,13 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     readiness_profile rp;
     rp.ready_marker = plan.profile.ready_marker;
     rp.failure_markers = plan.profile.failure_markers;
+    rp.match = plan.profile.match;
     rp.requires_agent = plan.profile.agent;
     rp.requires_probes = !probe_urls.empty();
     auto run = std::make_shared<start_run>(ex, rp, paths, req.tail_lines);
     run->progress = req.progress;
     run->echo_console = req.echo_console;
+    run->silent_console_hint = plan.silent_console_hint;
     run->t0 = t0;
     launch_requested launch_in;
     run->feed(launch_in);
@@ -499,10 +565,13 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     spawn_watcher(ex, watch_events(run, std::move(events)));
     spawn_watcher(ex, watch_console(run));
     spawn_watcher(ex, watch_deadline(run, s.ready_timeout));
+    if (s.ready_timeout > silent_console_warning)
+        spawn_watcher(ex, watch_silent_console(run, silent_console_warning));
 
     qmp_connected connected_in;
     run->feed(connected_in);
     if (try_warm) {
+        const auto saved_at = ready_state_saved_at(paths);
         auto usable = co_await ready_state_usable(*vm->qmp, paths, argv, plan.accel, plan.build_id);
         if (usable && !ready_state_current(paths)) {
             out.warm_note =
@@ -516,6 +585,10 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
             auto loaded = co_await qmp::snapshot_load(*vm->qmp, target, 120000ms);
             if (loaded) {
                 run->warm = true;
+                if (!plan.profile.agent) {
+                    out.clock_note = agentless_clock_note(saved_at);
+                    say(out.clock_note);
+                }
                 run->profile.ready_marker.clear();  // printed before the state was saved
                 run->mark("state_loaded");
                 // A restored guest gets a shorter leash: if it is not ready soon, boot cold.
@@ -752,6 +825,7 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     plan.accel = std::string(to_string(accel->accel));
     plan.build_id = m->build_id;
     plan.profile = m->prof;
+    plan.silent_console_hint = silent_console_hint(*m);
     plan.t0 = t0;
     for (const auto& f : forwards)
         plan.context.forwards.push_back({f.host_port, f.setting});

@@ -206,8 +206,20 @@ transition on(stepper s, const qmp_event& e) {
 
 transition on(stepper s, const console_line& line) {
     auto& m = s.t.next;
+    // The kernel's panic line is as good as GUEST_PANICKED for a guest without pvpanic; with
+    // panic=N it reboots, and each boot would panic again, so the first line decides.
+    if (is_kernel_panic_line(line.text)) {
+        if (m.state == vm_state::launching || m.state == vm_state::booting)
+            return s.end_with_failure(
+                vm_state::failed, cause::guest_panicked,
+                fmt::format("the guest kernel panicked while booting: {}", line.text));
+        if (m.state == vm_state::ready || m.state == vm_state::paused)
+            return s.end_with_failure(vm_state::crashed, cause::guest_panicked,
+                                      fmt::format("the guest kernel panicked: {}", line.text));
+        return s.same();
+    }
     for (const auto& marker : s.profile.failure_markers) {
-        if (!is_marker_line(line.text, marker)) continue;
+        if (!is_marker_line(line.text, marker, s.profile.match)) continue;
         if (m.state == vm_state::launching || m.state == vm_state::booting ||
             m.state == vm_state::ready) {
             return s.end_with_failure(vm_state::failed, cause::failure_marker,
@@ -217,7 +229,7 @@ transition on(stepper s, const console_line& line) {
         return s.same();
     }
     if (m.state == vm_state::booting && !m.flags.marker_seen &&
-        is_marker_line(line.text, s.profile.ready_marker)) {
+        is_marker_line(line.text, s.profile.ready_marker, s.profile.match)) {
         m.flags.marker_seen = true;
         return s.check_ready(cause::readiness);
     }

@@ -9,6 +9,8 @@
 #include <variant>
 #include <vector>
 
+#include "provision/manifest.hpp"
+
 namespace stackemu::lifecycle {
 
 enum class vm_state {
@@ -53,6 +55,7 @@ std::string_view to_string(cause c);
 struct readiness_profile {
     std::string ready_marker = "STACK_EMULATOR_READY";  // empty: no marker needed
     std::vector<std::string> failure_markers = {"STACK_CLOUD_INIT_FAILED"};
+    provision::marker_match match = provision::marker_match::prefix;
     bool requires_agent = false;
     bool requires_probes = true;
 };

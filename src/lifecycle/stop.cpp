@@ -405,7 +405,22 @@ asio::awaitable<result<stop_outcome>> stop(stop_request req) {
     if (never_started(req.inst.paths)) co_return not_started();
     auto lock = try_acquire(req.inst.paths.lock.string(), req.operation);
     if (!lock) co_return fail(lock.error());
-    co_return co_await stop_locked(std::move(req));
+    const auto paths = req.inst.paths;
+    auto out = co_await stop_locked(std::move(req));
+    // How the stop ended goes beside the events it caused, for `stackemu events` after the fact.
+    if (out && out->was_running) {
+        json rungs = json::object();
+        for (const auto& r : out->rungs)
+            rungs[r.name] = r.ms;
+        detail::append_event(paths, json{{"record", "stopped"},
+                                         {"rung", out->rung},
+                                         {"clean", out->clean},
+                                         {"crashed", out->crashed},
+                                         {"total_ms", out->total_ms},
+                                         {"rungs", rungs},
+                                         {"at", detail::now_iso8601()}});
+    }
+    co_return out;
 }
 
 asio::awaitable<result<stop_outcome>> reset(stop_request req) {

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "provision/known_keys.hpp"
 #include "provision/profile_json.hpp"
 
 namespace stackemu::provision {
@@ -31,8 +32,15 @@ result<std::string> need_string(const json& j, std::string_view field, bool requ
 
 }  // namespace
 
-result<profile> profile_from_json(const json& j, std::string_view document,
-                                  std::string_view prefix) {
+std::string_view to_string(marker_match m) {
+    return m == marker_match::exact ? "exact" : "prefix";
+}
+
+const std::vector<std::string_view> profile_runtime_keys = {
+    "name", "forwards", "probes", "ready_marker", "failure_markers", "marker_match", "agent"};
+
+result<profile> profile_from_json(const json& j, std::string_view document, std::string_view prefix,
+                                  const std::vector<std::string_view>& also_known) {
     auto bad = [&](std::string_view field, std::string_view expected) -> std::unexpected<error> {
         return fail(errc::invalid_argument,
                     fmt::format("{} field \"{}{}\": {}", document, prefix, field, expected));
@@ -60,6 +68,12 @@ result<profile> profile_from_json(const json& j, std::string_view document,
         return {};
     };
     if (!j.is_object()) return bad("", "must be an object");
+    {
+        auto known = profile_runtime_keys;
+        known.insert(known.end(), also_known.begin(), also_known.end());
+        if (auto ok = check_known_keys(j, known, document, prefix); !ok)
+            return std::unexpected(ok.error());
+    }
     profile p;
     auto name = need_string(j, "name");
     if (!name) return std::unexpected(name.error());
@@ -69,6 +83,10 @@ result<profile> profile_from_json(const json& j, std::string_view document,
         if (!it->is_array()) return bad("forwards", "must be an array");
         for (const auto& f : *it) {
             if (!f.is_object()) return bad("forwards[]", "must be objects");
+            if (auto ok = check_known_keys(f, {"name", "guest", "host_default"}, document,
+                                           fmt::format("{}forwards[].", prefix));
+                !ok)
+                return std::unexpected(ok.error());
             forward fw;
             auto fname = need_string(f, "name");
             if (!fname) return std::unexpected(fname.error());
@@ -90,6 +108,10 @@ result<profile> profile_from_json(const json& j, std::string_view document,
         if (!it->is_array()) return bad("probes", "must be an array");
         for (const auto& pr : *it) {
             if (!pr.is_object()) return bad("probes[]", "must be objects");
+            if (auto ok = check_known_keys(pr, {"name", "forward", "path"}, document,
+                                           fmt::format("{}probes[].", prefix));
+                !ok)
+                return std::unexpected(ok.error());
             probe p1;
             auto pname = need_string(pr, "name");
             auto fwd = need_string(pr, "forward");
@@ -123,6 +145,14 @@ result<profile> profile_from_json(const json& j, std::string_view document,
             p.failure_markers.push_back(m.get<std::string>());
         }
     }
+    if (auto it = j.find("marker_match"); it != j.end()) {
+        if (*it == "prefix")
+            p.match = marker_match::prefix;
+        else if (*it == "exact")
+            p.match = marker_match::exact;
+        else
+            return bad("marker_match", "must be \"prefix\" or \"exact\"");
+    }
     if (auto it = j.find("agent"); it != j.end()) {
         if (!it->is_boolean()) return bad("agent", "must be true or false");
         p.agent = it->get<bool>();
@@ -145,6 +175,12 @@ result<manifest> parse_manifest(std::string_view text, const fs::path& dir) {
         return fail(errc::invalid_argument,
                     "the manifest is not a JSON object (damaged file? "
                     "rebuild the image with `stackemu build-image`)");
+    if (auto ok = check_known_keys(j,
+                                   {"format", "arch", "disk", "boot", "profile", "base", "build_id",
+                                    "stackemu_version", "created", "recipe"},
+                                   "manifest", "");
+        !ok)
+        return std::unexpected(ok.error());
     manifest m;
     if (!j.contains("format") || !j["format"].is_number_integer())
         return bad("format", "missing (this manifest was not written by stackemu)");
@@ -166,6 +202,10 @@ result<manifest> parse_manifest(std::string_view text, const fs::path& dir) {
     if (!j.contains("boot") || !j["boot"].is_object())
         return bad("boot", "missing (an object with mode firmware or kernel)");
     const auto& boot = j["boot"];
+    if (auto ok =
+            check_known_keys(boot, {"mode", "kernel", "initrd", "cmdline"}, "manifest", "boot.");
+        !ok)
+        return std::unexpected(ok.error());
     auto mode = need_string(boot, "mode");
     if (!mode) return std::unexpected(mode.error());
     if (*mode == "kernel") {
@@ -187,6 +227,8 @@ result<manifest> parse_manifest(std::string_view text, const fs::path& dir) {
 
     // Optional strings: json::value() would throw on another type, so each is checked.
     if (auto it = j.find("base"); it != j.end() && it->is_object()) {
+        if (auto ok = check_known_keys(*it, {"source", "sha256"}, "manifest", "base."); !ok)
+            return std::unexpected(ok.error());
         auto source = need_string(*it, "source", false);
         if (!source) return bad("base.source", "must be a string");
         auto sha256 = need_string(*it, "sha256", false);
@@ -238,6 +280,7 @@ std::string to_json_text(const manifest& m, const fs::path& dir) {
                 {"probes", probes},
                 {"ready_marker", m.prof.ready_marker},
                 {"failure_markers", m.prof.failure_markers},
+                {"marker_match", to_string(m.prof.match)},
                 {"agent", m.prof.agent}}},
               {"base", {{"source", m.base_source}, {"sha256", m.base_sha256}}},
               {"build_id", m.build_id},

@@ -30,13 +30,20 @@ struct probe {
     std::string path;     // starts with '/'
 };
 
+// How a console line matches a marker. prefix: the line (terminal codes and surrounding blanks
+// removed) starts with the marker and the marker is a whole word there, so `GUEST_READY
+// uptime=1.8` matches GUEST_READY and `GUEST_READY_SOON` does not. exact: the line is the marker.
+enum class marker_match { prefix, exact };
+std::string_view to_string(marker_match m);
+
 struct profile {
     std::string name;
     std::vector<forward> forwards;
     std::vector<probe> probes;
     std::string ready_marker;  // empty: none
     std::vector<std::string> failure_markers;
-    bool agent = false;  // the guest agent must answer before "ready"
+    marker_match match = marker_match::prefix;  // for the ready and failure markers
+    bool agent = false;                         // the guest agent must answer before "ready"
 };
 
 struct kernel_files {

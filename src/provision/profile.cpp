@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "provision/iso.hpp"
+#include "provision/known_keys.hpp"
 #include "provision/profile_json.hpp"
 
 namespace stackemu::provision {
@@ -64,7 +65,9 @@ result<profile_file> parse_profile(std::string_view text) {
         return fail(errc::invalid_argument,
                     fmt::format("{} is not a JSON object: check its syntax", profile_file_name));
     profile_file out;
-    auto runtime = profile_from_json(j, "profile file", "");
+    auto runtime = profile_from_json(
+        j, "profile file", "",
+        {"description", "base_packages", "build", "bundle_files", "payload", "provision"});
     if (!runtime) return std::unexpected(runtime.error());
     out.runtime = std::move(*runtime);
     if (!is_profile_name(out.runtime.name))
@@ -89,6 +92,8 @@ result<profile_file> parse_profile(std::string_view text) {
     }
     if (auto it = j.find("build"); it != j.end()) {
         if (!it->is_object()) return bad("build", "must be an object with ram_mib and cpus");
+        if (auto ok = check_known_keys(*it, {"ram_mib", "cpus"}, "profile file", "build."); !ok)
+            return std::unexpected(ok.error());
         auto ram = bounded(*it, "ram_mib", 256, 65536, out.build_ram_mib);
         if (!ram) return std::unexpected(ram.error());
         auto cpus = bounded(*it, "cpus", 1, 64, out.build_cpus);
@@ -117,10 +122,16 @@ result<profile_file> parse_profile(std::string_view text) {
     if (auto it = j.find("payload"); it != j.end()) {
         if (!it->is_object() || (it->contains("required") && !(*it)["required"].is_boolean()))
             return bad("payload", "must be an object like {\"required\": true}");
+        if (auto ok = check_known_keys(*it, {"required"}, "profile file", "payload."); !ok)
+            return std::unexpected(ok.error());
         out.payload_required = it->value("required", false);
     }
     if (auto it = j.find("provision"); it != j.end()) {
         if (!it->is_object()) return bad("provision", "must be an object");
+        if (auto ok = check_known_keys(*it, {"done_marker", "failed_marker", "progress_prefix"},
+                                       "profile file", "provision.");
+            !ok)
+            return std::unexpected(ok.error());
         for (auto [key, target] : {std::pair{"done_marker", &out.provision.done_marker},
                                    std::pair{"failed_marker", &out.provision.failed_marker},
                                    std::pair{"progress_prefix", &out.provision.progress_prefix}}) {

@@ -4,14 +4,20 @@
 
 #include <nlohmann/json.hpp>
 #include <string_view>
+#include <vector>
 
 #include "common/error.hpp"
 #include "provision/manifest.hpp"
 
 namespace stackemu::provision {
 
-// Errors read `<document> field "<prefix><field>": what is expected`.
+// The keys of the runtime part, for documents that hold more keys beside them.
+extern const std::vector<std::string_view> profile_runtime_keys;
+
+// Errors read `<document> field "<prefix><field>": what is expected`. Keys other than the
+// runtime ones and `also_known` are refused, naming the nearest known key.
 result<profile> profile_from_json(const nlohmann::json& j, std::string_view document,
-                                  std::string_view prefix);
+                                  std::string_view prefix,
+                                  const std::vector<std::string_view>& also_known = {});
 
 }  // namespace stackemu::provision

@@ -419,6 +419,13 @@ std::vector<bad_case> port_and_name_cases() {
     };
 }
 
+// An x86 bzImage as far as its header goes: "HdrS" at 0x202.
+std::string fake_bzimage() {
+    std::string bytes(1024, '\0');
+    bytes.replace(0x202, 4, "HdrS");
+    return bytes;
+}
+
 std::vector<bad_case> image_cases() {
     auto garbage = [](const fs::path& p) {
         std::string bytes;
@@ -511,6 +518,31 @@ std::vector<bad_case> image_cases() {
              },
          .exit_code = exit_code::error,
          .message = {"manifest field \"arch\": must be amd64 or arm64"}},
+        {.what = "a manifest with a misspelled key",
+         .args = start_with({}),
+         .prepare =
+             [](case_context& ctx) {
+                 auto m = manifest_for("base.qcow2");
+                 m["boot"].erase("cmdline");
+                 m["boot"]["append"] = "console=ttyS0";
+                 write_text(ctx.sb.images / "base.json", m.dump());
+             },
+         .exit_code = exit_code::error,
+         .message = {"manifest field \"boot.append\" is not a known key: did you mean "
+                     "\"boot.cmdline\"?"}},
+        {.what = "a manifest whose kernel is for another architecture",
+         .args = start_with({}),
+         .env = {{"EMULATOR_ARCH", "arm64"}},
+         .prepare =
+             [](case_context& ctx) {
+                 write_text(ctx.sb.images / "vmlinuz", fake_bzimage());
+                 auto m = manifest_for("base.qcow2");
+                 m["arch"] = "arm64";
+                 write_text(ctx.sb.images / "base.json", m.dump());
+             },
+         .exit_code = exit_code::error,
+         .message = {"says \"arch\": \"arm64\", but its kernel {images}/vmlinuz is an amd64 "
+                     "kernel"}},
         {.what = "a manifest that is not JSON",
          .args = start_with({}),
          .prepare =
@@ -721,6 +753,60 @@ std::vector<bad_case> qmp_and_console_cases() {
     };
 }
 
+std::vector<bad_case> image_init_cases() {
+    auto init_with = [](std::vector<std::string> extra) {
+        std::vector<std::string> args{
+            "image",  "init", "--kernel", "{images}/vmlinuz", "--initrd", "{images}/initrd.img",
+            "--arch", "amd64"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        return args;
+    };
+    return {
+        {.what = "image init without a place for the manifest",
+         .args = init_with({}),
+         .exit_code = exit_code::error,
+         .message = {"say where the manifest goes: --output IMAGE.json"}},
+        {.what = "image init over an existing manifest",
+         .args = init_with({"--output", "{images}/base.json"}),
+         .exit_code = exit_code::error,
+         .message = {"{images}/base.json exists: --force replaces it"}},
+        {.what = "image init with a kernel that does not exist",
+         .args = {"image", "init", "--kernel", "{images}/nokernel", "--initrd",
+                  "{images}/initrd.img", "--output", "{images}/mine.json"},
+         .exit_code = exit_code::error,
+         .message = {"--kernel {images}/nokernel: no such file"}},
+        {.what = "image init with a kernel but no initrd",
+         .args = {"image", "init", "--kernel", "{images}/vmlinuz", "--arch", "amd64", "--output",
+                  "{images}/mine.json"},
+         .exit_code = exit_code::error,
+         .message = {"--kernel and --initrd go together"}},
+        {.what = "image init with an --arch the kernel contradicts",
+         .args = {"image", "init", "--kernel", "{images}/bz", "--initrd", "{images}/initrd.img",
+                  "--arch", "arm64", "--output", "{images}/mine.json"},
+         .prepare = [](case_context& ctx) { write_text(ctx.sb.images / "bz", fake_bzimage()); },
+         .exit_code = exit_code::error,
+         .message = {"--arch arm64, but {images}/bz is an amd64 kernel"}},
+        {.what = "image init with a kernel whose arch cannot be read, and no --arch",
+         .args = {"image", "init", "--kernel", "{images}/vmlinuz", "--initrd",
+                  "{images}/initrd.img", "--output", "{images}/mine.json"},
+         .exit_code = exit_code::error,
+         .message = {"cannot tell the architecture of {images}/vmlinuz", "pass --arch"}},
+        {.what = "image init with a forward that is no NAME:PORT",
+         .args = init_with({"--output", "{images}/mine.json", "--forward", "web:http"}),
+         .exit_code = exit_code::error,
+         .message = {"--forward web:http: expected NAME:GUEST_PORT"}},
+        {.what = "image init with a probe on a forward it does not have",
+         .args = init_with(
+             {"--output", "{images}/mine.json", "--forward", "web:8080", "--probe", "api:/health"}),
+         .exit_code = exit_code::error,
+         .message = {"probe api names forward api, which the profile lacks"}},
+        {.what = "image init with a disk that is not a qcow2",
+         .args = init_with({"--disk", "{images}/initrd.img"}),
+         .exit_code = exit_code::error,
+         .message = {"{images}/initrd.img is not a qcow2 disk"}},
+    };
+}
+
 std::vector<bad_case> command_line_cases() {
     const std::string sha(64, 'a');
     return {
@@ -804,6 +890,10 @@ TEST_CASE("bad input: QMP and a hostile console", "[bad-input]") {
     run_table(qmp_and_console_cases());
 }
 
+TEST_CASE("bad input: image init refuses and writes nothing", "[bad-input]") {
+    run_table(image_init_cases());
+}
+
 TEST_CASE("bad input: the command line of every subcommand", "[bad-input]") {
     run_table(command_line_cases());
 }
@@ -812,7 +902,7 @@ TEST_CASE("bad input: the table covers at least 45 cases", "[bad-input]") {
     const std::size_t total = option_cases().size() + port_and_name_cases().size() +
                               image_cases().size() + run_dir_cases().size() +
                               snapshot_name_cases().size() + qmp_and_console_cases().size() +
-                              command_line_cases().size();
+                              command_line_cases().size() + image_init_cases().size();
     INFO(total << " cases");
     CHECK(total >= 45);
 }

@@ -531,6 +531,98 @@ TEST_CASE("stackemu start: a guest kernel panic fails the start", "[cli]") {
     CHECK(sb.status().value("state", "") == "failed");
 }
 
+TEST_CASE("stackemu start: a panic seen only on the console fails the start without pvpanic",
+          "[cli]") {
+    sandbox sb;
+    // No "panic" action: QEMU sends no GUEST_PANICKED, as for a guest without a pvpanic driver.
+    sb.fake = {
+        {"console", json::array({console_step(20, "starting services"),
+                                 console_step(20,
+                                              "[    1.9] Kernel panic - not syncing: Attempted "
+                                              "to kill init! exitcode=0x00000100")})}};
+    auto started = sb.run(sb.start_args({"--ready-timeout", "600"}));
+    INFO(started.err);
+    CHECK(started.code == exit_code::failed);
+    CHECK(contains(started.err, "the guest kernel panicked while booting"));
+    CHECK(contains(started.err, "Attempted to kill init"));
+    CHECK_FALSE(contains(started.err, "EMULATOR_READY_TIMEOUT"));
+    CHECK(sb.no_fakes_left());
+}
+
+TEST_CASE("stackemu start: a ready line with more text after the marker is ready", "[cli]") {
+    sandbox sb;
+    sb.fake = {{"console", json::array({console_step(20, "starting services"),
+                                        console_step(20, "STACK_EMULATOR_READY uptime=1.8"),
+                                        console_action(0, "ready")})}};
+    auto started = sb.run(sb.start_args({"--ready-timeout", "600"}));
+    INFO(started.err);
+    CHECK(started.code == exit_code::ok);
+    CHECK(contains(started.out, "ready in"));
+}
+
+TEST_CASE("stackemu start: a console that stays empty is reported with its likely causes",
+          "[cli]") {
+    sandbox sb;
+    sb.fake = {{"console", json::array()}};
+    auto started = sb.run(sb.start_args({"--ready-timeout", "2"}));
+    INFO(started.err);
+    CHECK(started.code == exit_code::failed);
+    CHECK(contains(started.err, "the serial console stayed empty"));
+    CHECK(contains(started.err, "built for amd64"));
+    CHECK(contains(started.err, "console=ttyS0"));
+    CHECK(sb.no_fakes_left());
+}
+
+TEST_CASE("stackemu logs --json prints one JSON object a line and stop records its rung", "[cli]") {
+    sandbox sb;
+    start_ready(sb);
+    auto stopped = sb.run({"stop"});
+    INFO(stopped.err);
+    REQUIRE(stopped.code == exit_code::stopped_cleanly);
+    auto logs = sb.run({"logs", "--json"});
+    CHECK(logs.code == exit_code::ok);
+    std::istringstream lines(logs.out);
+    bool marker = false;
+    int objects = 0;
+    for (std::string line; std::getline(lines, line);) {
+        auto j = json::parse(line, nullptr, false);
+        REQUIRE_FALSE(j.is_discarded());
+        ++objects;
+        marker = marker || contains(j.value("line", ""), "STACK_EMULATOR_READY");
+    }
+    CHECK(objects >= 3);
+    CHECK(marker);
+
+    auto events = sb.run({"events", "--json"});
+    json record;
+    std::istringstream event_lines(events.out);
+    for (std::string line; std::getline(event_lines, line);) {
+        auto j = json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.value("record", "") == "stopped") record = j;
+    }
+    INFO(events.out);
+    REQUIRE(record.is_object());
+    CHECK((record["rung"] == "agent-shutdown" || record["rung"] == "powerdown"));
+    CHECK(record["clean"] == true);
+    CHECK(record["total_ms"].is_number());
+    CHECK(record["rungs"].is_object());
+}
+
+TEST_CASE("stackemu doctor checks the image the instance runs, or --image", "[cli]") {
+    sandbox sb;
+    // No stack-emulator-amd64.qcow2 in the image directory: only this instance's own image.
+    start_ready(sb);
+    auto doctor = sb.run({"doctor", "--json", "--accel", "tcg"});
+    INFO(doctor.out << doctor.err);
+    CHECK(contains(doctor.out, "image " + sb.image().string()));
+    CHECK_FALSE(contains(doctor.out, "stack-emulator-amd64.qcow2"));
+    auto named = sb.run(
+        {"doctor", "--json", "--accel", "tcg", "--image", (sb.dir / "nothere.qcow2").string()});
+    CHECK(named.code == exit_code::error);
+    CHECK(contains(named.out, "no image at " + (sb.dir / "nothere.qcow2").string()));
+    sb.run({"stop"});
+}
+
 TEST_CASE("stackemu start: QEMU crashing mid-boot fails the start", "[cli]") {
     sandbox sb;
     sb.fake = {

@@ -157,6 +157,31 @@ TEST_CASE("the scanner keeps the last 40 lines oldest first") {
     CHECK(s.last_lines().back() == "line 99");
 }
 
+TEST_CASE("a marker at the start of a line followed by more text matches by default") {
+    CHECK(is_marker_line("GUEST_READY uptime=1.8", "GUEST_READY"));
+    CHECK(is_marker_line("GUEST_READY: all services up", "GUEST_READY"));
+    CHECK(is_marker_line("\x1b[0mGUEST_READY\tuptime=2", "GUEST_READY"));
+    CHECK_FALSE(is_marker_line("GUEST_READY_SOON uptime=1.8", "GUEST_READY"));
+    CHECK_FALSE(is_marker_line("GUEST_READY-ish", "GUEST_READY"));
+    CHECK_FALSE(is_marker_line("GUEST_READY2", "GUEST_READY"));
+    CHECK_FALSE(is_marker_line("not GUEST_READY yet", "GUEST_READY"));
+}
+
+TEST_CASE("an exact marker matches only the whole line") {
+    using stackemu::provision::marker_match;
+    CHECK(is_marker_line("  GUEST_READY ", "GUEST_READY", marker_match::exact));
+    CHECK_FALSE(is_marker_line("GUEST_READY uptime=1.8", "GUEST_READY", marker_match::exact));
+}
+
+TEST_CASE("the kernel's panic line is recognised with or without a timestamp") {
+    CHECK(is_kernel_panic_line("Kernel panic - not syncing: Attempted to kill init!"));
+    CHECK(is_kernel_panic_line(
+        "[    2.345678] Kernel panic - not syncing: VFS: Unable to mount root fs"));
+    CHECK(is_kernel_panic_line("---[ end Kernel panic - not syncing: sysrq triggered crash ]---"));
+    CHECK_FALSE(is_kernel_panic_line("panic=10 console=ttyS0"));
+    CHECK_FALSE(is_kernel_panic_line("Kernel command line: panic=10"));
+}
+
 TEST_CASE("markers match whole lines only") {
     CHECK(is_marker_line("STACK_EMULATOR_READY", "STACK_EMULATOR_READY"));
     CHECK(is_marker_line("STACK_EMULATOR_READY\r", "STACK_EMULATOR_READY"));

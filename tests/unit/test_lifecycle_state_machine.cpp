@@ -423,6 +423,30 @@ TEST_CASE("a custom failure marker list is honoured") {
     CHECK(done.next.state == S::ready);
 }
 
+TEST_CASE("a kernel panic line on the console fails a boot without pvpanic") {
+    auto t = step(runtime_profile(), in(S::booting),
+                  console_line{"[    1.9] Kernel panic - not syncing: Attempted to kill init!"});
+    CHECK(t.next.state == S::failed);
+    CHECK(t.why == cause::guest_panicked);
+    REQUIRE(t.next.failure);
+    CHECK(t.next.failure->starts_with("the guest kernel panicked while booting: "));
+    auto later = step(runtime_profile(), in(S::ready),
+                      console_line{"Kernel panic - not syncing: Fatal exception"});
+    CHECK(later.next.state == S::crashed);
+    CHECK(later.why == cause::guest_panicked);
+}
+
+TEST_CASE("a ready marker followed by more text is seen unless the profile asks for exact") {
+    readiness_profile p;
+    p.ready_marker = "GUEST_READY";
+    p.requires_probes = false;
+    auto t = step(p, in(S::booting), console_line{"GUEST_READY uptime=1.8"});
+    CHECK(t.next.state == S::ready);
+    p.match = stackemu::provision::marker_match::exact;
+    auto exact = step(p, in(S::booting), console_line{"GUEST_READY uptime=1.8"});
+    CHECK(exact.next.state == S::booting);
+}
+
 TEST_CASE("a profile with no conditions is ready once the CPUs run") {
     readiness_profile none;
     none.ready_marker = "";

@@ -50,6 +50,49 @@ TEST_CASE("a manifest survives a round trip through its JSON text") {
     CHECK(again->kernel_boot->initrd == m->kernel_boot->initrd);
 }
 
+TEST_CASE("unknown keys are refused naming the nearest known key") {
+    struct unknown_case {
+        std::string from, to, mentions;
+    };
+    const std::vector<unknown_case> cases = {
+        {R"("cmdline": "console=ttyS0")", R"("append": "console=ttyS0")",
+         R"(field "boot.append" is not a known key: did you mean "boot.cmdline"?)"},
+        {R"("ready_marker": "READY")", R"("ready_markr": "READY")",
+         R"(field "profile.ready_markr" is not a known key: did you mean "profile.ready_marker"?)"},
+        {R"("build_id": "b1")", R"("build_id": "b1", "buildid": "x")",
+         R"(field "buildid" is not a known key: did you mean "build_id"?)"},
+        {R"("path": "/health")", R"("path": "/health", "interval": 3)",
+         R"(field "profile.probes[].interval" is not a known key (known keys here: name, forward, path))"},
+        {R"("guest": 8102)", R"("guest": 8102, "hots_default": 1)",
+         R"(did you mean "profile.forwards[].host_default"?)"},
+        {R"("sha256": "ab")", R"("sha256": "ab", "zzz": 1)",
+         R"(field "base.zzz" is not a known key (known keys here: source, sha256))"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.to);
+        auto m = parse_manifest(with(valid, c.from, c.to), "/images");
+        REQUIRE_FALSE(m);
+        CHECK_THAT(m.error().message, Catch::Contains(c.mentions));
+    }
+}
+
+TEST_CASE("marker_match is prefix unless the manifest says exact") {
+    auto m = parse_manifest(valid, "/images");
+    REQUIRE(m);
+    CHECK(m->prof.match == marker_match::prefix);
+    auto exact = parse_manifest(
+        with(valid, R"("agent": true)", R"("agent": true, "marker_match": "exact")"), "/images");
+    REQUIRE(exact);
+    CHECK(exact->prof.match == marker_match::exact);
+    auto again = parse_manifest(to_json_text(*exact, "/images"), "/images");
+    REQUIRE(again);
+    CHECK(again->prof.match == marker_match::exact);
+    auto bad = parse_manifest(
+        with(valid, R"("agent": true)", R"("agent": true, "marker_match": "regex")"), "/images");
+    REQUIRE_FALSE(bad);
+    CHECK_THAT(bad.error().message, Catch::Contains(R"(must be "prefix" or "exact")"));
+}
+
 TEST_CASE("damaged manifests are refused with the field named") {
     struct bad_case {
         std::string text;

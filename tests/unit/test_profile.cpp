@@ -91,6 +91,18 @@ TEST_CASE("profile errors name the field") {
                Catch::Contains("probes"));
 }
 
+TEST_CASE("a misspelled profile key is refused naming the nearest known key") {
+    CHECK_THAT(error_of(with(valid, "\"description\"", "\"descripton\"")),
+               Catch::Contains("profile file field \"descripton\" is not a known key: did you "
+                               "mean \"description\"?"));
+    CHECK_THAT(error_of(with(valid, "\"cpus\": 2", "\"vcpus\": 2")),
+               Catch::Contains("\"build.vcpus\" is not a known key: did you mean \"build.cpus\"?"));
+    CHECK_THAT(error_of(with(valid, "\"done_marker\"", "\"done\"")),
+               Catch::Contains("\"provision.done\" is not a known key"));
+    CHECK_THAT(error_of(with(valid, "\"required\"", "\"optional\"")),
+               Catch::Contains("\"payload.optional\" is not a known key"));
+}
+
 TEST_CASE("the shipped profiles load from the source tree") {
     const auto search = default_profile_search_path({});
     for (const char* name : {"demo", "stack"}) {
