@@ -429,7 +429,9 @@ asio::awaitable<result<void>> ready_state_usable(qmp::client& c, instance_paths 
                    verdict.reason.empty() ? "its compatibility is unknown" : verdict.reason);
 }
 
-constexpr std::chrono::seconds silent_console_warning{30};
+// Long enough for a "quiet" kernel and a slow userland under TCG on a busy runner (the demo
+// image prints its first line after ~30 s there), short beside the 240 s ready timeout.
+constexpr std::chrono::seconds silent_console_warning{60};
 
 std::string silent_console_hint(const provision::manifest& m) {
     const bool arm = m.arch == "arm64";
