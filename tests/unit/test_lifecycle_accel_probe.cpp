@@ -22,11 +22,11 @@ probe_host_identity bookworm_host() {
 
 TEST_CASE("the accelerator probe key names the QEMU binary's file and the host kernel") {
     CHECK(accel_probe_key(debian_qemu(), bookworm_host()) ==
-          R"({"cpu":"AMD EPYC 7B13",)"
-          R"("kernel":{"release":"6.1.0-28-amd64",)"
-          R"("version":"#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)"},)"
-          R"("qemu":{"device":2049,"inode":1234567,"mtime_ns":1700000000123456789,)"
-          R"("path":"/usr/bin/qemu-system-x86_64","size":19263624}})");
+          R"k({"cpu":"AMD EPYC 7B13",)k"
+          R"k("kernel":{"release":"6.1.0-28-amd64",)k"
+          R"k("version":"#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)"},)k"
+          R"k("qemu":{"device":2049,"inode":1234567,"mtime_ns":1700000000123456789,)k"
+          R"k("path":"/usr/bin/qemu-system-x86_64","size":19263624}})k");
 }
 
 TEST_CASE("the accelerator probe key changes with every fact about the QEMU binary and host") {
