@@ -1,29 +1,23 @@
 // `stackemu qmp`: send QMP commands to a monitor and print QEMU's replies as JSON.
 //
 // It talks to the second monitor (monitor.sock), never the controller's, so an ad-hoc session
-// never blocks stackemu itself. --scratch launches a throwaway QEMU (`-M none`) to talk to.
+// never blocks stackemu itself. --scratch launches a throwaway QEMU (`-M none`) to talk to,
+// ended afterwards through the stop ladder (lifecycle/scratch_qemu).
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/instance_options.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
-#include "lifecycle/process.hpp"
+#include "lifecycle/scratch_qemu.hpp"
 #include "qmp/client.hpp"
-#include "qmp/commands.hpp"
 
 namespace stackemu::cli {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 struct qmp_request {
@@ -70,42 +64,12 @@ result<qmp_request> parse_request(std::string_view text) {
     return r;
 }
 
-// A throwaway `qemu-system-x86_64 -M none` in a private 0700 directory, quit at the end.
-struct scratch_qemu {
-    fs::path dir;
-    std::string socket;
-
-    scratch_qemu() = default;
-    scratch_qemu(const scratch_qemu&) = delete;  // one owner removes the directory
-    scratch_qemu& operator=(const scratch_qemu&) = delete;
-    ~scratch_qemu() {
-        std::error_code ignored;
-        if (!dir.empty()) fs::remove_all(dir, ignored);
-    }
-
-    result<void> launch(const std::string& program) {
-        std::string templ = (fs::temp_directory_path() / "stackemu-scratch-XXXXXX").string();
-        if (!::mkdtemp(templ.data()))
-            return fail(errc::io_error,
-                        fmt::format("cannot create a directory in {}: {}",
-                                    fs::temp_directory_path().string(), std::strerror(errno)));
-        dir = templ;  // mkdtemp makes it 0700
-        socket = (dir / "monitor.sock").string();
-        auto launched = lifecycle::launch_daemonized(
-            {program, "-M", "none", "-nodefaults", "-display", "none", "-qmp",
-             "unix:" + socket + ",server=on,wait=off", "-daemonize"},
-            (dir / "qemu-stderr.log").string());
-        if (!launched) return fail(launched.error());
-        return {};
-    }
-};
-
 struct qmp_run {
     std::string socket;
+    std::string scratch_qemu;  // --scratch: the QEMU binary to launch instead of a socket
     std::vector<qmp_request> requests;
     bool from_stdin = false;
     bool pretty = false;
-    bool quit_after = false;  // --scratch: leave nothing behind
     std::chrono::milliseconds timeout{30000};
 };
 
@@ -114,20 +78,10 @@ void print_reply(const json& value, bool pretty) {
 }
 
 // Runs the requests in order; returns the exit code. The first failure stops the batch.
-asio::awaitable<int> run_requests(qmp_run job) {
-    const qmp::endpoint ep = qmp::unix_endpoint{job.socket};
-    auto c = co_await qmp::client::connect(ep);
-    if (!c) {
-        auto e = c.error();
-        if (e.code == errc::connect_failed)
-            e.message +=
-                " (is the emulator running? `stackemu status` tells; "
-                "--socket names another monitor)";
-        co_return report("qmp", e);
-    }
+asio::awaitable<int> run_requests(qmp::client& c, const qmp_run& job) {
     int code = exit_ok;
     auto one = [&](qmp_request r) -> asio::awaitable<bool> {
-        auto reply = co_await c->execute(r.name, r.arguments, job.timeout);
+        auto reply = co_await c.execute(r.name, r.arguments, job.timeout);
         if (!reply) {
             auto e = reply.error();
             // The client's own text speaks to a library user; say what it means here.
@@ -157,9 +111,32 @@ asio::awaitable<int> run_requests(qmp_run job) {
             if (!co_await one(*r)) break;
         }
     }
-    if (job.quit_after) {
-        auto bye = co_await qmp::quit(*c);
-        if (!bye && code == exit_ok) code = report("qmp", bye.error());
+    co_return code;
+}
+
+asio::awaitable<int> run_on_socket(qmp_run job) {
+    const qmp::endpoint ep = qmp::unix_endpoint{job.socket};
+    auto c = co_await qmp::client::connect(ep);
+    if (!c) {
+        auto e = c.error();
+        if (e.code == errc::connect_failed)
+            e.message +=
+                " (is the emulator running? `stackemu status` tells; "
+                "--socket names another monitor)";
+        co_return report("qmp", e);
+    }
+    co_return co_await run_requests(*c, job);
+}
+
+// The scratch QEMU is ended whatever the requests did; either failure makes the exit code.
+asio::awaitable<int> run_on_scratch(qmp_run job) {
+    auto progress = [](std::string_view line) { fmt::print(stderr, "stackemu qmp: {}\n", line); };
+    auto scratch = co_await lifecycle::scratch_qemu::start(job.scratch_qemu, job.timeout, progress);
+    if (!scratch) co_return report("qmp", scratch.error());
+    int code = co_await run_requests(scratch->monitor(), job);
+    if (auto ended = co_await scratch->end(); !ended) {
+        const int failed = report("qmp", ended.error());
+        if (code == exit_ok) code = failed;
     }
     co_return code;
 }
@@ -176,7 +153,7 @@ void add_qmp_command(CLI::App& app, std::function<int()>& action) {
         bool scratch = false;
         bool pretty = false;
         double timeout = 30;
-        std::string qemu = "qemu-system-x86_64";
+        std::string qemu;
     };
     auto o = std::make_shared<options>();
     cmd->add_option("COMMAND", o->command,
@@ -187,7 +164,9 @@ void add_qmp_command(CLI::App& app, std::function<int()>& action) {
                     "QMP socket to talk to (default: the instance's monitor.sock)");
     cmd->add_flag("--scratch", o->scratch,
                   "launch a throwaway QEMU (-M none) for the session and quit it afterwards");
-    cmd->add_option("--qemu", o->qemu, "QEMU binary for --scratch")->capture_default_str();
+    cmd->add_option("--qemu", o->qemu,
+                    "QEMU binary for --scratch (default: EMULATOR_QEMU, else "
+                    "qemu-system-<EMULATOR_ARCH>)");
     cmd->add_flag("--pretty", o->pretty, "indent the JSON output");
     cmd->add_option("--timeout", o->timeout, "seconds to wait for each reply")
         ->check(seconds_within(0.001, 86400.0))
@@ -208,27 +187,27 @@ void add_qmp_command(CLI::App& app, std::function<int()>& action) {
                 if (!r) return report("qmp", r.error()) + 1;  // usage error: exit 2
                 job.requests.push_back(std::move(*r));
             }
-            scratch_qemu scratch;
             if (o->scratch) {
                 if (!o->socket.empty())
                     return report("qmp", make_error(errc::invalid_argument,
                                                     "--scratch and --socket exclude each other")) +
                            1;
-                if (auto launched = scratch.launch(o->qemu); !launched)
-                    return report("qmp", launched.error());
-                job.socket = scratch.socket;
-                job.quit_after = true;
-            } else if (!o->socket.empty()) {
+                // The settings as every command reads them: EMULATOR_QEMU, EMULATOR_ARCH and
+                // EMULATOR_REPLY_TIMEOUT.
+                auto inst = resolve_instance(instance_options{});
+                if (!inst) return report("qmp", inst.error()) + 1;  // settings: exit 2
+                job.scratch_qemu =
+                    o->qemu.empty() ? lifecycle::detail::qemu_binary_for(inst->config) : o->qemu;
+                return run_on_context(run_on_scratch(std::move(job)));
+            }
+            if (!o->socket.empty()) {
                 job.socket = o->socket;
             } else {
                 auto inst = resolve_instance(instance_options{});
                 if (!inst) return report("qmp", inst.error()) + 1;  // settings: exit 2
                 job.socket = inst->paths.monitor_socket.string();
             }
-            asio::io_context ctx;
-            auto done = asio::co_spawn(ctx, run_requests(std::move(job)), asio::use_future);
-            ctx.run();
-            return done.get();
+            return run_on_context(run_on_socket(std::move(job)));
         };
     });
 }

@@ -12,7 +12,8 @@
 #include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+
+#include "lifecycle/vm_process.hpp"
 
 // POSIX declares it for programs to declare; <unistd.h> has it only under _GNU_SOURCE.
 extern char** environ;  // NOLINT(readability-redundant-declaration)
@@ -31,23 +32,8 @@ std::string cpu_model() {
     return "unknown";
 }
 
-// Where a binary named without '/' lives on PATH.
-std::string find_on_path(const std::string& binary) {
-    if (binary.find('/') != std::string::npos) return binary;
-    const char* path = std::getenv("PATH");
-    std::stringstream dirs(path ? path : "/usr/bin:/bin");
-    std::string dir;
-    while (std::getline(dirs, dir, ':'))
-        if (dir.empty()) continue;
-    std::string candidate = dir;
-    candidate += '/';
-    candidate += binary;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    return binary;
-}
-
-bool kvm_device_usable() {
-    return ::access("/dev/kvm", R_OK | W_OK) == 0;
+bool kvm_device_usable(const fs::path& device) {
+    return ::access(device.c_str(), R_OK | W_OK) == 0;
 }
 
 struct verdict {
@@ -164,13 +150,32 @@ asio::awaitable<verdict> boot_under_kvm(std::string qemu, std::string kernel,
 
 }  // namespace
 
-std::string accel_probe_key(const std::string& qemu_binary) {
-    const std::string path = find_on_path(qemu_binary);
+std::string accel_probe_key(const qemu_binary_identity& qemu, const probe_host_identity& host) {
+    return json{{"qemu",
+                 {{"path", qemu.path},
+                  {"device", qemu.device},
+                  {"inode", qemu.inode},
+                  {"size", qemu.size},
+                  {"mtime_ns", qemu.mtime_ns}}},
+                {"kernel", {{"release", host.kernel_release}, {"version", host.kernel_version}}},
+                {"cpu", host.cpu_model}}
+        .dump();
+}
+
+std::optional<qemu_binary_identity> identify_qemu_binary(const std::string& qemu_binary) {
+    const auto path = find_program(qemu_binary);
     struct stat st {};
-    ::stat(path.c_str(), &st);
+    if (!path || ::stat(path->c_str(), &st) != 0) return std::nullopt;
+    return qemu_binary_identity{
+        path->string(), static_cast<std::uint64_t>(st.st_dev),
+        static_cast<std::uint64_t>(st.st_ino), static_cast<std::uint64_t>(st.st_size),
+        static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+probe_host_identity current_probe_host() {
     struct utsname u {};
     ::uname(&u);
-    return fmt::format("{}|{}|{}|{}|{}", path, st.st_size, st.st_mtime, u.release, cpu_model());
+    return {u.release, u.version, cpu_model()};
 }
 
 std::optional<fs::path> host_kernel_for_probe() {
@@ -193,7 +198,7 @@ asio::awaitable<result<accel_choice>> choose_accelerator(accel_probe_inputs in) 
             co_return fail(errc::invalid_argument,
                            "hvf exists only on macOS; use EMULATOR_ACCEL=kvm, tcg or auto");
         case accel_mode::kvm: {
-            accelerator_support support{kvm_device_usable(), false};
+            accelerator_support support{kvm_device_usable(in.kvm_device), false};
             auto a = resolve_accelerator(in.mode, in.guest, in.host, support);
             if (!a) co_return fail(a.error());
             co_return accel_choice{*a, "kvm, as EMULATOR_ACCEL/--accel asks"};
@@ -205,23 +210,28 @@ asio::awaitable<result<accel_choice>> choose_accelerator(accel_probe_inputs in) 
         co_return accel_choice{accelerator::tcg,
                                fmt::format("tcg: an {} guest on an {} host needs emulation",
                                            to_string(in.guest), to_string(in.host))};
-    if (!kvm_device_usable())
+    if (!kvm_device_usable(in.kvm_device))
         co_return accel_choice{accelerator::tcg, "tcg: /dev/kvm is missing or not accessible"};
 
-    const std::string key = accel_probe_key(in.qemu_binary);
-    if (auto cached = cached_verdict(in.cache_file, key)) {
+    // A binary that cannot be found has no identity to cache a verdict for: the probe says why
+    // it cannot run, every time.
+    const auto qemu = identify_qemu_binary(in.qemu_binary);
+    const std::optional<std::string> key =
+        qemu ? std::optional(accel_probe_key(*qemu, current_probe_host())) : std::nullopt;
+    if (auto cached = key ? cached_verdict(in.cache_file, *key) : std::nullopt) {
         if (cached->boots)
             co_return accel_choice{accelerator::kvm,
-                                   "kvm: verified earlier (" + cached->detail + ")"};
-        co_return accel_choice{accelerator::tcg, "tcg: /dev/kvm is there but " + cached->detail +
-                                                     "; verdict cached in " +
-                                                     in.cache_file.string()};
+                                   "kvm: verified earlier (" + cached->detail + ")", true};
+        co_return accel_choice{accelerator::tcg,
+                               "tcg: /dev/kvm is there but " + cached->detail +
+                                   "; verdict cached in " + in.cache_file.string(),
+                               true};
     }
     if (!in.kernel)
         co_return accel_choice{accelerator::kvm,
                                "kvm: /dev/kvm is usable (not verified: no kernel to test it with)"};
     auto v = co_await boot_under_kvm(in.qemu_binary, in.kernel->string(), in.banner_timeout);
-    store_verdict(in.cache_file, key, v);
+    if (key) store_verdict(in.cache_file, *key, v);
     if (v.boots) co_return accel_choice{accelerator::kvm, "kvm: " + v.detail};
     co_return accel_choice{accelerator::tcg, "tcg: /dev/kvm is there but " + v.detail};
 }

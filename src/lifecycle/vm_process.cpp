@@ -191,4 +191,9 @@ result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected
     return held;
 }
 
+std::optional<fs::path> find_program(const std::string& program) {
+    if (program.find('/') != std::string::npos) return fs::path(program);
+    return find_on_path(program);
+}
+
 }  // namespace stackemu::lifecycle

@@ -7,6 +7,7 @@
 #include <asio/awaitable.hpp>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "common/error.hpp"
@@ -51,5 +52,9 @@ class verified_process {
 // qemu-system-*). A different program is errc::wrong_state, another user's process
 // errc::wrong_state, a process that is gone errc::not_found.
 result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected_binary);
+
+// The file posix_spawnp would run for `program`: itself when it holds a '/', else the first
+// executable match on PATH; nullopt when there is none.
+std::optional<std::filesystem::path> find_program(const std::string& program);
 
 }  // namespace stackemu::lifecycle

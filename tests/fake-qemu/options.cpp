@@ -351,6 +351,7 @@ result<options> parse_options(const json& j) {
              return {};
          }},
         {"ignore_sigterm", flag(o.ignore_sigterm, "ignore_sigterm")},
+        {"ignore_quit", flag(o.ignore_quit, "ignore_quit")},
         {"crash_after_ms",
          [&o](const json& v) -> result<void> {
              auto n = get_count(v, "crash_after_ms");

@@ -102,6 +102,7 @@ struct options {
 
     // Process level.
     bool ignore_sigterm = false;
+    bool ignore_quit = false;  // `quit` is answered, but neither SHUTDOWN nor an exit follows
     std::optional<std::chrono::milliseconds> crash_after;
     bool crash_abort = false;                  // crash by SIGABRT instead of exit status 1
     std::optional<std::string> startup_error;  // "" means: a host forwarding failure

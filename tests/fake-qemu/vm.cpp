@@ -317,6 +317,7 @@ void vm::system_reset() {
 }
 
 void vm::quit() {
+    if (options_.ignore_quit) return;
     emit("SHUTDOWN", shutdown_data(false, "host-qmp-quit"));
     // Jobs still present are finalised on the way out, newest first (seen on 7.2).
     for (const auto& j : jobs_) {
