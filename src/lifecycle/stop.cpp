@@ -167,16 +167,22 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
 
     if (!guest_down) {
         const auto t0 = clock_type::now();
+        // Gone before we asked (killed meanwhile): that exit is not quit's doing.
+        const bool gone_before = in.process->exited();
         auto q = co_await qmp::quit(c, 5000ms);
         const bool exited = co_await gone_within(q ? 10000ms : 3000ms);
         out.rungs.push_back({"quit", ms_since(t0)});
         if (exited) {
             // We asked it to quit: its exit, with or without a reply or SHUTDOWN (QEMU can
             // close before either is flushed), is this rung's outcome, not a crash (16.5).
-            while (events.try_next()) {
+            if (gone_before) {
+                crashed("it was about to be asked to quit");
+            } else {
+                while (events.try_next()) {
+                }
             }
             out.rung = "quit";
-            if (!q) out.note = "QEMU exited on quit without replying";
+            if (!q && !gone_before) out.note = "QEMU exited on quit without replying";
             out.total_ms = ms_since(t_all);
             co_return out;
         }
