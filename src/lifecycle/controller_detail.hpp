@@ -3,9 +3,11 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "lifecycle/instance_paths.hpp"
+#include "lifecycle/vm_process.hpp"
 
 namespace stackemu::lifecycle::detail {
 
@@ -22,5 +24,10 @@ void remove_sockets(const instance_paths& paths);
 // lock: that command ended without its verdict (killed, or the host went down). What to tell
 // people about the VM it left running; empty when nothing was interrupted.
 std::string interrupted_command_note(const nlohmann::json& saved);
+
+// The QEMU a launch recorded in state.json ("qemu": pid, start time, executable device and
+// inode), when there is one. Liveness and identity come from it, not from the sockets.
+std::optional<process_identity> launched_identity(const nlohmann::json& saved);
+nlohmann::json identity_json(const process_identity& id);
 
 }  // namespace stackemu::lifecycle::detail

@@ -136,5 +136,23 @@ std::string interrupted_command_note(const json& saved) {
     return {};
 }
 
+std::optional<process_identity> launched_identity(const json& saved) {
+    if (!saved.is_object()) return std::nullopt;
+    const auto it = saved.find("qemu");
+    if (it == saved.end() || !it->is_object()) return std::nullopt;
+    const auto& q = *it;
+    for (const auto* key : {"pid", "start_time", "exe_dev", "exe_ino"})
+        if (!q.contains(key) || !q[key].is_number_integer()) return std::nullopt;
+    return process_identity{q["pid"].get<pid_t>(), q["start_time"].get<std::uint64_t>(),
+                            q["exe_dev"].get<std::uint64_t>(), q["exe_ino"].get<std::uint64_t>()};
+}
+
+json identity_json(const process_identity& id) {
+    return json{{"pid", id.pid},
+                {"start_time", id.start_time},
+                {"exe_dev", id.exe_dev},
+                {"exe_ino", id.exe_ino}};
+}
+
 }  // namespace detail
 }  // namespace stackemu::lifecycle

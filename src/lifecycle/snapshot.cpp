@@ -475,15 +475,21 @@ asio::awaitable<result<std::optional<detail::connected_vm>>> connect_if_running(
     auto vm = co_await detail::connect_vm_settled(inst.paths, detail::qemu_binary_for(inst.config));
     if (vm) co_return std::optional<detail::connected_vm>(std::move(*vm));
     const auto code = vm.error().code;
+    // A live QEMU whose monitor refuses or queues us is busy, not gone (16.2): its disk must
+    // not be touched offline.
+    const auto launched = detail::launched_identity(detail::read_state(inst.paths));
+    const bool alive = launched && open_launched(*launched).has_value();
     // No listener, a QEMU that is going, or gone: a socket file left behind, not a VM.
-    if (code == errc::connect_failed || code == errc::disconnected || code == errc::not_found)
+    if (!alive &&
+        (code == errc::connect_failed || code == errc::disconnected || code == errc::not_found))
         co_return std::optional<detail::connected_vm>{};
-    if (code == errc::timeout)
-        co_return fail(errc::timeout,
-                       fmt::format("QEMU's monitor {} does not answer (QEMU may be hung, or "
-                                   "another client holds the socket): `stackemu status` shows "
-                                   "the VM; `stackemu stop` ends it",
-                                   inst.paths.qmp_socket.string()));
+    if (code == errc::timeout || alive)
+        co_return fail(errc::busy,
+                       fmt::format("QEMU's monitor {} is busy: it did not answer within "
+                                   "EMULATOR_REPLY_TIMEOUT ({}; another client may hold the "
+                                   "socket, or QEMU is hung): `stackemu status` shows the VM; "
+                                   "`stackemu stop` ends it",
+                                   inst.paths.qmp_socket.string(), vm.error().what()));
     co_return fail(vm.error());
 }
 

@@ -516,6 +516,8 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     const launch_context& context = plan.context;
     launch_options launch_opts;
     launch_opts.context = context;
+    // A fall-back launch must not be checked against the QEMU before it.
+    detail::update_state(paths, json{{"pid", nullptr}, {"qemu", nullptr}});
     auto launched = launch_daemonized(argv, paths.qemu_stderr_log.string(), launch_opts);
     run->mark("spawn");
     if (!launched) {
@@ -552,7 +554,9 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
     }
     out.pid = vm->process->pid();
     run->mark("qmp_greeting");
-    detail::update_state(paths, json{{"pid", *out.pid}});
+    // Who was launched: later commands check liveness and identity against it (16.2, 17.3).
+    detail::update_state(
+        paths, json{{"pid", *out.pid}, {"qemu", detail::identity_json(vm->process->identity())}});
 
     // Console and events are connected before the CPUs run: nothing the guest prints is missed.
     {
@@ -739,6 +743,17 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
                 out.failure = "a VM is running, but " + note;
             }
             co_return out;
+        }
+        // A refused connect is no proof of death: a wedged QEMU still holds its ports (16.2).
+        if (const auto launched = detail::launched_identity(detail::read_state(paths));
+            launched && vm.error().code != errc::wrong_state) {
+            auto proc = open_launched(*launched);
+            if (proc)
+                co_return fail(errc::wrong_state,
+                               fmt::format("QEMU (pid {}) is still running, but its monitor "
+                                           "cannot be used ({}): `stackemu stop` ends it",
+                                           proc->pid(), vm.error().what()));
+            if (proc.error().code != errc::not_found) co_return fail(proc.error());
         }
         if (vm.error().code != errc::connect_failed) co_return fail(vm.error());
         detail::remove_sockets(paths);

@@ -63,22 +63,53 @@ asio::awaitable<status_outcome> status(instance inst, bool run_probes) {
         co_return out;
     }
 
+    // QEMU runs, but its monitor is taken by another client, slow, or wedged: that is what
+    // status says (16.1), not "unhealthy", and never "crashed" while the process lives (16.2).
+    auto monitor_busy = [&](const std::string& why) {
+        out.state = "monitor-busy";
+        out.exit_code = exit_code::not_healthy;
+        out.detail = fmt::format(
+            "monitor busy/slow: QEMU{} runs, but its monitor did not answer within "
+            "EMULATOR_REPLY_TIMEOUT ({}); another client may hold it, or QEMU is wedged "
+            "(`stackemu stop` still ends it)",
+            out.pid ? fmt::format(" (pid {})", *out.pid) : std::string(), why);
+    };
+    auto gone = [&] {
+        out.state = "crashed";
+        out.exit_code = exit_code::failed;
+        out.detail = "QEMU is gone but left its sockets behind (killed or crashed)";
+    };
     auto vm = co_await detail::connect_vm_settled(paths, detail::qemu_binary_for(inst.config));
     if (!vm) {
-        if (vm.error().code == errc::connect_failed) {
-            out.state = "crashed";
-            out.exit_code = exit_code::failed;
-            out.detail = "QEMU is gone but left its sockets behind (killed or crashed)";
+        if (vm.error().code == errc::wrong_state) {
+            out.state = "foreign";
+            out.exit_code = exit_code::error;
+            out.detail = vm.error().what();
             co_return out;
         }
-        out.state = "unhealthy";
-        out.exit_code = exit_code::not_healthy;
-        out.detail = "QEMU's monitor did not answer: " + vm.error().what();
+        if (const auto launched = detail::launched_identity(out.saved)) {
+            auto proc = open_launched(*launched);
+            if (!proc) {
+                gone();
+                co_return out;
+            }
+            out.pid = proc->pid();
+            monitor_busy(vm.error().what());
+            co_return out;
+        }
+        if (vm.error().code == errc::connect_failed)
+            gone();
+        else
+            monitor_busy(vm.error().what());
         co_return out;
     }
     out.pid = vm->process->pid();
     auto st = co_await qmp::query_status(*vm->qmp);
     vm->qmp->close();
+    if (!st && st.error().code == errc::timeout) {
+        monitor_busy(st.error().what());
+        co_return out;
+    }
     if (!st) {
         out.state = "unhealthy";
         out.exit_code = exit_code::not_healthy;

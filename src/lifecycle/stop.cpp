@@ -63,6 +63,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
     // QEMU says SHUTDOWN before any exit it chooses (a guest power-off, our quit): an exit
     // without one, before we signalled it, is a crash or a kill.
     bool shutdown_seen = false;
+    bool guest_down = false;           // SHUTDOWN(guest) seen: later rungs only end the process
     bool late_guest_shutdown = false;  // the guest's own SHUTDOWN, just past the budget
     auto crashed = [&](std::string_view while_doing) {
         while (auto e = events.try_next()) {
@@ -135,8 +136,19 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
                                             {"microseconds", shutdown->microseconds}});
             }
             // EOF (disconnected) without SHUTDOWN still means the process may be going.
-            const bool exited = co_await gone_within(shutdown ? 10000ms : 2000ms);
+            bool exited =
+                co_await gone_within(shutdown ? (guest_clean ? 1000ms : 10000ms) : 2000ms);
             out.rungs.push_back({rung, ms_since(t0)});
+            if (!exited && guest_clean) {
+                // The guest is down (issue 16.6): QEMU only has to exit, and `quit` hurries a
+                // process that lingers. Nothing of the guest is forced.
+                guest_down = true;
+                say("the guest has shut down; QEMU is slow to exit: hurrying it with quit");
+                const auto t_quit = clock_type::now();
+                auto q = co_await qmp::quit(c, 5000ms);
+                exited = co_await gone_within(q ? 10000ms : 3000ms);
+                out.rungs.push_back({"quit", ms_since(t_quit)});
+            }
             if (exited && shutdown) out.exit_after_shutdown_ms = ms_since(t_shutdown);
             if (exited) {
                 // A SHUTDOWN that came after the budget but before the exit was seen is still
@@ -147,23 +159,36 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
                 out.total_ms = ms_since(t_all);
                 co_return out;
             }
-            say(fmt::format("the guest did not shut down within {} s; quitting QEMU",
-                            in.first_rung_budget.count() / 1000.0));
+            if (!guest_down)
+                say(fmt::format("the guest did not shut down within {} s; quitting QEMU",
+                                in.first_rung_budget.count() / 1000.0));
         }
     }
 
-    {
+    if (!guest_down) {
         const auto t0 = clock_type::now();
+        // Gone before we asked (killed meanwhile): that exit is not quit's doing.
+        const bool gone_before = in.process->exited();
         auto q = co_await qmp::quit(c, 5000ms);
         const bool exited = co_await gone_within(q ? 10000ms : 3000ms);
         out.rungs.push_back({"quit", ms_since(t0)});
         if (exited) {
-            crashed("it was asked to quit");
+            // We asked it to quit: its exit, with or without a reply or SHUTDOWN (QEMU can
+            // close before either is flushed), is this rung's outcome, not a crash (16.5).
+            if (gone_before) {
+                crashed("it was about to be asked to quit");
+            } else {
+                while (events.try_next()) {
+                }
+            }
             out.rung = "quit";
+            if (!q && !gone_before) out.note = "QEMU exited on quit without replying";
             out.total_ms = ms_since(t_all);
             co_return out;
         }
         say("QEMU did not quit; sending SIGTERM");
+    } else {
+        say("QEMU did not exit after the guest's shutdown; sending SIGTERM");
     }
     {
         const auto t0 = clock_type::now();
@@ -172,6 +197,7 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
         out.rungs.push_back({"sigterm", ms_since(t0)});
         if (exited) {
             out.rung = "sigterm";
+            out.clean = guest_down;
             out.total_ms = ms_since(t_all);
             co_return out;
         }
@@ -182,29 +208,38 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
     (void)co_await gone_within(5000ms);
     out.rungs.push_back({"sigkill", ms_since(t0)});
     out.rung = "sigkill";
+    out.clean = guest_down;
     out.total_ms = ms_since(t_all);
     co_return out;
 }
 
-asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
-                                                 std::chrono::milliseconds timeout) {
+asio::awaitable<result<connected_vm>> connect_monitor(instance_paths paths,
+                                                      std::filesystem::path socket,
+                                                      std::string qemu_binary,
+                                                      std::chrono::milliseconds timeout) {
     qmp::client_options o;
     o.connect_timeout = timeout;
-    // The greeting is a reply too: a monitor that does not greet within the reply timeout is
-    // as wedged as one that does not answer a command.
-    o.greeting_timeout = std::min(timeout, reply_timeout());
+    // The greeting is a reply too, and follows EMULATOR_REPLY_TIMEOUT like every other: a
+    // loaded host greets late, and another client on the socket delays it until it leaves.
+    o.greeting_timeout = reply_timeout();
     o.command_timeout = reply_timeout();
-    const qmp::endpoint ep = qmp::unix_endpoint{paths.qmp_socket.string()};
+    const qmp::endpoint ep = qmp::unix_endpoint{socket.string()};
     auto c = co_await qmp::client::connect(ep, o);
     if (!c) co_return fail(c.error());
     auto pid = c->peer_pid();
     if (!pid) co_return fail(errc::internal, "cannot read the QMP peer's process id");
-    auto proc = verify_peer(*pid, qemu_binary);
+    auto proc = verify_peer(*pid, qemu_binary, launched_identity(read_state(paths)));
     if (!proc) co_return fail(proc.error());
     connected_vm vm;
     vm.qmp = std::make_unique<qmp::client>(std::move(*c));
     vm.process = std::make_unique<verified_process>(std::move(*proc));
     co_return vm;
+}
+
+asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
+                                                 std::chrono::milliseconds timeout) {
+    const auto socket = paths.qmp_socket;
+    co_return co_await connect_monitor(std::move(paths), socket, std::move(qemu_binary), timeout);
 }
 
 asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
@@ -290,21 +325,72 @@ asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, st
             co_return fail(errc::connect_failed, "cannot reach the process behind the QMP socket");
         peer = *listener;
     }
-    auto proc = verify_peer(peer, qemu);
+    auto proc = verify_peer(peer, qemu, launched_identity(read_state(paths)));
     if (!proc) co_return fail(proc.error());
     stop_outcome out;
     out.was_running = true;
     const auto t_all = clock_type::now();
     if (progress) progress("QEMU's monitor does not answer; sending SIGTERM");
+    co_await signal_rungs(*proc, progress, out);
+    out.total_ms = ms_since(t_all);
+    co_return out;
+}
+
+asio::awaitable<void> signal_rungs(const verified_process& proc, progress_sink progress,
+                                   stop_outcome& out) {
     for (const int sig : {SIGTERM, SIGKILL}) {
         const auto t0 = clock_type::now();
-        (void)proc->signal(sig);
-        const bool exited = co_await proc->wait_exit(5000ms);
+        (void)proc.signal(sig);
+        const bool exited = co_await proc.wait_exit(5000ms);
         out.rung = sig == SIGTERM ? "sigterm" : "sigkill";
         out.rungs.push_back({out.rung, ms_since(t0)});
         if (exited) break;
         if (sig == SIGTERM && progress) progress("QEMU ignored SIGTERM; sending SIGKILL");
     }
+}
+
+asio::awaitable<stop_outcome> stop_without_monitor(ladder_inputs in, verified_process& proc,
+                                                   const std::string& qemu) {
+    auto say = [&](std::string_view line) {
+        if (in.progress) in.progress(line);
+    };
+    // The second monitor is its own channel: when it answers, the whole ladder runs on it.
+    auto second = co_await connect_monitor(in.paths, in.paths.monitor_socket, qemu, 2000ms);
+    if (second) {
+        say("using the second monitor (monitor.sock)");
+        in.qmp = second->qmp.get();
+        in.process = second->process.get();
+        co_return co_await run_ladder(in);
+    }
+    stop_outcome out;
+    out.was_running = true;
+    const auto t_all = clock_type::now();
+    if (in.agent_socket) {
+        // No monitor at all: the guest agent still reaches the guest; QEMU's exit within the
+        // budget is the guest's own power-off (nothing else was asked of it).
+        const auto t0 = clock_type::now();
+        qmp::qga::client_options qo;
+        qo.connect_timeout = 1000ms;
+        qo.sync_timeout = std::min<std::chrono::milliseconds>(reply_timeout(), 5000ms);
+        qo.no_reply_grace = 300ms;
+        qo.command_timeout = reply_timeout();
+        const qmp::endpoint ep = qmp::unix_endpoint{in.agent_socket->string()};
+        auto agent = co_await qmp::qga::client::connect(ep, qo);
+        if (agent && co_await qmp::qga::shutdown(*agent, "powerdown")) {
+            say("asked the guest agent to shut the guest down");
+            const bool exited = co_await proc.wait_exit(in.first_rung_budget);
+            out.rungs.push_back({"agent-shutdown", ms_since(t0)});
+            if (exited) {
+                out.rung = "agent-shutdown";
+                out.clean = true;
+                out.total_ms = ms_since(t_all);
+                co_return out;
+            }
+            say(fmt::format("the guest did not shut down within {} s; sending SIGTERM",
+                            in.first_rung_budget.count() / 1000.0));
+        }
+    }
+    co_await signal_rungs(proc, in.progress, out);
     out.total_ms = ms_since(t_all);
     co_return out;
 }
@@ -316,6 +402,7 @@ namespace {
 // The stop itself; the caller holds the instance lock.
 asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
     const auto& paths = req.inst.paths;
+    const auto qemu = detail::qemu_binary_for(req.inst.config);
 
     std::error_code ec;
     if (!std::filesystem::exists(paths.qmp_socket, ec)) {
@@ -325,19 +412,53 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
         detail::update_state(paths, json{{"state", "stopped"}});
         co_return out;
     }
-    auto vm = co_await detail::connect_vm_settled(paths, detail::qemu_binary_for(req.inst.config));
+    auto saved = detail::read_state(paths);
+    detail::ladder_inputs in;
+    in.paths = paths;
+    in.progress = req.progress;
+    in.first_rung_budget = req.first_rung_budget.value_or(
+        std::chrono::duration_cast<std::chrono::milliseconds>(req.inst.config.stop_timeout));
+    if (saved.value("agent", false)) in.agent_socket = paths.qga_socket;
+    auto finish = [&](const stop_outcome& out) {
+        detail::remove_sockets(paths);
+        detail::update_state(paths, json{{"state", out.crashed ? "crashed" : "stopped"},
+                                         {"stopped_at", detail::now_iso8601()},
+                                         {"stop_rung", out.rung},
+                                         {"stop_clean", out.clean}});
+    };
+    auto crashed_before = [&] {
+        // The socket file outlived its QEMU: it was killed without a clean exit.
+        detail::remove_sockets(paths);
+        stop_outcome out;
+        out.rung = "none";
+        out.note =
+            "QEMU had already exited without a clean shutdown (crashed); removed its stale sockets";
+        detail::update_state(paths, json{{"state", "crashed"}});
+        return out;
+    };
+
+    auto vm = co_await detail::connect_vm_settled(paths, qemu);
     if (!vm) {
-        if (vm.error().code == errc::connect_failed || vm.error().code == errc::disconnected) {
-            // The socket file outlived its QEMU: it was killed without a clean exit.
-            detail::remove_sockets(paths);
-            stop_outcome out;
-            out.rung = "none";
-            out.note =
-                "QEMU had already exited without a clean shutdown (crashed); removed its "
-                "stale sockets";
-            detail::update_state(paths, json{{"state", "crashed"}});
+        // Another process behind the socket: refused, and nothing is signalled.
+        if (vm.error().code == errc::wrong_state) co_return fail(vm.error());
+        if (const auto launched = detail::launched_identity(saved)) {
+            // Liveness from the process itself: a refused or full socket is not a death (16.2).
+            auto proc = open_launched(*launched);
+            if (!proc && proc.error().code == errc::not_found) co_return crashed_before();
+            if (!proc) co_return fail(proc.error());
+            if (req.progress)
+                req.progress(fmt::format(
+                    "QEMU (pid {}) runs, but its monitor cannot be used ({}); asking the guest "
+                    "to shut down through its other channels",
+                    proc->pid(), vm.error().what()));
+            detail::update_state(paths, json{{"state", "stopping"}});
+            auto out = co_await detail::stop_without_monitor(in, *proc, qemu);
+            finish(out);
             co_return out;
         }
+        // A launch that recorded no identity (an older stackemu): the socket decides.
+        if (vm.error().code == errc::connect_failed || vm.error().code == errc::disconnected)
+            co_return crashed_before();
         // No greeting or no answer to qmp_capabilities while we hold the lock: QEMU is hung.
         // A monitor that answers with garbage (not QMP, a reply for a greeting) cannot be
         // asked either: stop must still end the VM, so both go to the signal rungs.
@@ -345,25 +466,13 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
         if (why != errc::timeout && why != errc::protocol_error && why != errc::bad_greeting &&
             why != errc::message_too_large)
             co_return fail(vm.error());
-        auto forced = co_await detail::stop_unresponsive(
-            paths, detail::qemu_binary_for(req.inst.config), req.progress);
+        auto forced = co_await detail::stop_unresponsive(paths, qemu, req.progress);
         if (!forced) co_return forced;
-        detail::remove_sockets(paths);
-        detail::update_state(paths, json{{"state", "stopped"},
-                                         {"stopped_at", detail::now_iso8601()},
-                                         {"stop_rung", forced->rung},
-                                         {"stop_clean", false}});
+        finish(*forced);
         co_return forced;
     }
-    detail::ladder_inputs in;
-    in.paths = paths;
     in.qmp = vm->qmp.get();
     in.process = vm->process.get();
-    in.progress = req.progress;
-    in.first_rung_budget = req.first_rung_budget.value_or(
-        std::chrono::duration_cast<std::chrono::milliseconds>(req.inst.config.stop_timeout));
-    auto saved = detail::read_state(paths);
-    if (saved.value("agent", false)) in.agent_socket = paths.qga_socket;
     // Fast start on: keep the state as it is now, so the next start resumes it with every
     // write the guest made (a stale ready state would discard them).
     auto refreshed = co_await refresh_ready_state(req.inst, *vm->qmp);
@@ -377,11 +486,7 @@ asio::awaitable<result<stop_outcome>> stop_locked(stop_request req) {
     }
     detail::update_state(paths, json{{"state", "stopping"}});
     auto out = co_await detail::run_ladder(in);
-    detail::remove_sockets(paths);
-    detail::update_state(paths, json{{"state", out.crashed ? "crashed" : "stopped"},
-                                     {"stopped_at", detail::now_iso8601()},
-                                     {"stop_rung", out.rung},
-                                     {"stop_clean", out.clean}});
+    finish(out);
     co_return out;
 }
 

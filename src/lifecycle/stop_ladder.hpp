@@ -29,8 +29,16 @@ struct connected_vm {
     connected_vm& operator=(const connected_vm&) = delete;
     ~connected_vm();
 };
+// `timeout` bounds the socket's connect; the greeting and every reply follow
+// EMULATOR_REPLY_TIMEOUT. The peer is verified against the identity the launch recorded in
+// state.json (else by the binary's name): another process is errc::wrong_state.
 asio::awaitable<result<connected_vm>> connect_vm(instance_paths paths, std::string qemu_binary,
                                                  std::chrono::milliseconds timeout);
+// The same on another monitor socket of the instance (the second monitor, monitor.sock).
+asio::awaitable<result<connected_vm>> connect_monitor(instance_paths paths,
+                                                      std::filesystem::path socket,
+                                                      std::string qemu_binary,
+                                                      std::chrono::milliseconds timeout);
 
 // connect_vm, retried while a dying QEMU accepts and drops connections (up to about 1 s).
 asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
@@ -40,6 +48,10 @@ asio::awaitable<result<connected_vm>> connect_vm_settled(instance_paths paths,
 // verified), ended with SIGTERM, then SIGKILL.
 asio::awaitable<result<stop_outcome>> stop_unresponsive(instance_paths paths, std::string qemu,
                                                         progress_sink progress);
+
+// SIGTERM, then SIGKILL, each followed by a wait for the exit; the rungs go into `out`.
+asio::awaitable<void> signal_rungs(const verified_process& proc, progress_sink progress,
+                                   stop_outcome& out);
 
 // EMULATOR_QEMU, else qemu-system-<arch>.
 std::string qemu_binary_for(const settings& s);
@@ -58,5 +70,11 @@ struct ladder_inputs {
 };
 // Runs the rungs until the process is gone; never fails (the last rung is SIGKILL).
 asio::awaitable<stop_outcome> run_ladder(ladder_inputs in);
+
+// The ladder for a live QEMU whose controller monitor (qmp.sock) cannot be used (busy, slow,
+// wedged): the guest is still asked first, through the second monitor (the whole ladder runs
+// on it when it answers), else the guest agent, before SIGTERM and SIGKILL to `proc`.
+asio::awaitable<stop_outcome> stop_without_monitor(ladder_inputs in, verified_process& proc,
+                                                   const std::string& qemu);
 
 }  // namespace stackemu::lifecycle::detail

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -84,10 +85,50 @@ bool matches(const fs::path& exe, const std::string& expected) {
     return wanted && *wanted == exe;
 }
 
+// Field 22 of /proc/<pid>/stat, the process's start time in clock ticks after boot. The
+// command name (field 2) may hold spaces and parentheses: fields are counted after its ')'.
+std::optional<std::uint64_t> start_time_of(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string text;
+    if (!std::getline(in, text)) return std::nullopt;
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return std::nullopt;
+    std::istringstream fields(text.substr(close + 1));
+    std::string field;
+    for (int n = 3; n < 22; ++n)
+        if (!(fields >> field)) return std::nullopt;
+    std::uint64_t ticks = 0;
+    if (!(fields >> ticks)) return std::nullopt;
+    return ticks;
+}
+
+std::string describe(const process_identity& id) {
+    return fmt::format("pid {} started at tick {}, executable device {} inode {}", id.pid,
+                       id.start_time, id.exe_dev, id.exe_ino);
+}
+
 }  // namespace
 
+result<process_identity> identity_of(pid_t pid) {
+    const auto ticks = start_time_of(pid);
+    if (!ticks) return fail(errc::not_found, fmt::format("process {} has exited", pid));
+    struct stat exe {};
+    // stat follows the link to the executable QEMU runs, even one deleted by an upgrade.
+    if (::stat(fmt::format("/proc/{}/exe", pid).c_str(), &exe) != 0) {
+        if (errno == ENOENT || errno == ESRCH)
+            return fail(errc::not_found, fmt::format("process {} has exited", pid));
+        return fail(errc::io_error, fmt::format("cannot read the executable of process {}: {}", pid,
+                                                std::strerror(errno)));
+    }
+    return process_identity{pid, *ticks, static_cast<std::uint64_t>(exe.st_dev),
+                            static_cast<std::uint64_t>(exe.st_ino)};
+}
+
 verified_process::verified_process(verified_process&& other) noexcept
-    : pid_(other.pid_), pidfd_(other.pidfd_), exe_(std::move(other.exe_)) {
+    : pid_(other.pid_),
+      pidfd_(other.pidfd_),
+      exe_(std::move(other.exe_)),
+      identity_(other.identity_) {
     other.pid_ = -1;
     other.pidfd_ = -1;
 }
@@ -98,6 +139,7 @@ verified_process& verified_process::operator=(verified_process&& other) noexcept
         pid_ = other.pid_;
         pidfd_ = other.pidfd_;
         exe_ = std::move(other.exe_);
+        identity_ = other.identity_;
         other.pid_ = -1;
         other.pidfd_ = -1;
     }
@@ -143,7 +185,41 @@ asio::awaitable<bool> verified_process::wait_exit(std::chrono::milliseconds time
     co_return exited();
 }
 
-result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected_binary) {
+result<verified_process> open_launched(const process_identity& launched) {
+    const auto gone = [&] {
+        return fail(
+            errc::not_found,
+            fmt::format("the QEMU this instance launched (pid {}) has exited", launched.pid));
+    };
+    if (launched.pid <= 0) return gone();
+    const int pidfd = pidfd_open(launched.pid);
+    if (pidfd < 0) {
+        if (errno == ESRCH) return gone();
+        return fail(errc::io_error,
+                    fmt::format("pidfd_open({}): {}", launched.pid, std::strerror(errno)));
+    }
+    verified_process held(launched.pid, pidfd, {});
+    // Read after the pidfd: a pid recycled later cannot change what the pidfd names.
+    auto now = identity_of(launched.pid);
+    if (!now) {
+        if (now.error().code == errc::not_found) return gone();
+        return fail(now.error());
+    }
+    if (now->start_time != launched.start_time) return gone();  // the pid was recycled
+    if (now->exe_dev != launched.exe_dev || now->exe_ino != launched.exe_ino)
+        return fail(errc::wrong_state,
+                    fmt::format("process {} no longer runs the QEMU executable this instance "
+                                "launched ({}; now device {} inode {}): refusing to signal it",
+                                launched.pid, describe(launched), now->exe_dev, now->exe_ino));
+    if (held.exited()) return gone();
+    std::error_code ec;
+    held.exe_ = fs::read_symlink(fmt::format("/proc/{}/exe", launched.pid), ec);
+    held.identity_ = *now;
+    return held;
+}
+
+result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected_binary,
+                                     const std::optional<process_identity>& launched) {
     if (peer_pid <= 0)
         return fail(errc::invalid_argument, fmt::format("verify_peer: bad pid {}", peer_pid));
     // The pidfd first: if the pid is recycled after this, the pidfd still names the old process
@@ -179,15 +255,34 @@ result<verified_process> verify_peer(pid_t peer_pid, const std::string& expected
     constexpr std::string_view deleted = " (deleted)";
     if (exe_text.ends_with(deleted)) exe = exe_text.substr(0, exe_text.size() - deleted.size());
 
-    if (!matches(exe, expected_binary))
+    auto identity = identity_of(peer_pid);
+    if (!identity) return fail(identity.error());
+    if (launched) {
+        // The recorded identity decides, not the name: any program can be called
+        // qemu-system-x86_64, and EMULATOR_QEMU may have changed since the launch.
+        if (identity->pid != launched->pid || identity->start_time != launched->start_time)
+            return fail(errc::wrong_state,
+                        fmt::format("process {} behind the QMP socket is not the QEMU this "
+                                    "instance launched ({}): refusing to control or signal it",
+                                    peer_pid, describe(*launched)));
+        if (identity->exe_dev != launched->exe_dev || identity->exe_ino != launched->exe_ino)
+            return fail(errc::wrong_state,
+                        fmt::format("process {} behind the QMP socket runs {} (device {} inode "
+                                    "{}), not the QEMU executable this instance launched ({}): "
+                                    "refusing to control or signal it",
+                                    peer_pid, exe.string(), identity->exe_dev, identity->exe_ino,
+                                    describe(*launched)));
+    } else if (!matches(exe, expected_binary)) {
         return fail(
             errc::wrong_state,
             fmt::format("process {} behind the QMP socket runs {}, not {}: it is not this "
                         "instance's QEMU",
                         peer_pid, exe.string(),
                         expected_binary.empty() ? std::string("qemu-system-*") : expected_binary));
+    }
     if (held.exited()) return fail(errc::not_found, fmt::format("process {} has exited", peer_pid));
     held.exe_ = std::move(exe);
+    held.identity_ = *identity;
     return held;
 }
 

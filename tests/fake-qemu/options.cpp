@@ -350,6 +350,28 @@ result<options> parse_options(const json& j) {
              o.hang_qmp_after = std::chrono::milliseconds(*n);
              return {};
          }},
+        {"greeting_delay_ms",
+         [&o](const json& v) -> result<void> {
+             auto n = get_count(v, "greeting_delay_ms");
+             if (!n) return fail(n.error());
+             o.greeting_delay = std::chrono::milliseconds(*n);
+             return {};
+         }},
+        {"accept_limit",
+         [&o](const json& v) -> result<void> {
+             auto n = get_count(v, "accept_limit");
+             if (!n) return fail(n.error());
+             o.accept_limit = static_cast<std::size_t>(*n);
+             return {};
+         }},
+        {"quit_without_reply", flag(o.quit_without_reply, "quit_without_reply")},
+        {"linger_after_shutdown_ms",
+         [&o](const json& v) -> result<void> {
+             auto n = get_count(v, "linger_after_shutdown_ms");
+             if (!n) return fail(n.error());
+             o.linger_after_shutdown = std::chrono::milliseconds(*n);
+             return {};
+         }},
         {"ignore_sigterm", flag(o.ignore_sigterm, "ignore_sigterm")},
         {"ignore_quit", flag(o.ignore_quit, "ignore_quit")},
         {"crash_after_ms",

@@ -99,6 +99,16 @@ struct options {
     // QEMU's main loop wedges this long after the guest is ready (after start when the console
     // has no ready step): the monitor still greets new clients, but no command is answered.
     std::optional<std::chrono::milliseconds> hang_qmp_after;
+    // The controller's monitor (the first QMP monitor, qmp.sock): its greeting comes this late
+    // (a loaded host); and after this many clients it accepts no more, so further connects
+    // fill its backlog (a wedged main loop). The second monitor is not affected.
+    std::optional<std::chrono::milliseconds> greeting_delay;
+    std::optional<std::size_t> accept_limit;
+    // `quit` ends the process at once: no reply, no SHUTDOWN (QEMU can close before flushing).
+    bool quit_without_reply = false;
+    // After the guest's own SHUTDOWN the process stays this long before it exits (`quit`
+    // still ends it at once).
+    std::optional<std::chrono::milliseconds> linger_after_shutdown;
 
     // Process level.
     bool ignore_sigterm = false;

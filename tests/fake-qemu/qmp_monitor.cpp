@@ -19,12 +19,13 @@ asio::generic::stream_protocol protocol_of(int fd) {
 }  // namespace
 
 qmp_monitor::qmp_monitor(asio::any_io_executor executor, vm& machine, int listen_fd, bool pretty,
-                         qmp_session::logger log, session_counter counter)
+                         qmp_session::logger log, session_counter counter, bool primary)
     : executor_(std::move(executor)),
       vm_(machine),
       pretty_(pretty),
       log_(std::move(log)),
-      counter_(std::move(counter)) {
+      counter_(std::move(counter)),
+      primary_(primary) {
     acceptor_.emplace(executor_);
     acceptor_->assign(protocol_of(listen_fd), listen_fd);
 }
@@ -63,7 +64,14 @@ void qmp_monitor::shutdown(bool abrupt) {
 
 asio::awaitable<void> qmp_monitor::accept_loop() {
     auto token = asio::experimental::as_tuple(asio::use_awaitable);
-    while (!stopped_) {
+    const auto& limit = vm_.config().accept_limit;
+    for (std::size_t accepted = 0; !stopped_; ++accepted) {
+        if (primary_ && limit && accepted >= *limit) {
+            // accept_limit: the listener stays open but nobody accepts; connects queue in the
+            // kernel's backlog until it is full (then EAGAIN), as with a wedged main loop.
+            if (log_) log_("qmp: accepting no more clients (accept_limit)");
+            co_return;
+        }
         auto [ec, socket] = co_await acceptor_->async_accept(token);
         if (ec) break;
         // The next client stays in the kernel's backlog, without a greeting, until this
@@ -75,7 +83,7 @@ asio::awaitable<void> qmp_monitor::accept_loop() {
 asio::awaitable<void> qmp_monitor::serve(socket_type socket) {
     if (stopped_) co_return;
     if (counter_) counter_(+1);
-    session_ = std::make_shared<qmp_session>(std::move(socket), vm_, pretty_, log_);
+    session_ = std::make_shared<qmp_session>(std::move(socket), vm_, pretty_, log_, primary_);
     if (log_) log_("qmp: client connected");
     co_await session_->run();
     session_.reset();

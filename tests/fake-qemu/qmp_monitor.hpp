@@ -18,8 +18,9 @@ class qmp_monitor {
     using session_counter = std::function<void(int)>;
 
     // Serves clients of the listening socket `listen_fd` (Unix or TCP), one after another.
+    // `primary`: the controller's monitor, the one greeting_delay_ms and accept_limit affect.
     qmp_monitor(asio::any_io_executor executor, vm& machine, int listen_fd, bool pretty,
-                qmp_session::logger log, session_counter counter);
+                qmp_session::logger log, session_counter counter, bool primary = false);
     // Serves exactly one already-connected socket (e.g. one end of a socketpair).
     qmp_monitor(asio::any_io_executor executor, vm& machine, socket_type connected, bool pretty,
                 qmp_session::logger log, session_counter counter);
@@ -41,6 +42,7 @@ class qmp_monitor {
     std::optional<socket_type> connected_;
     std::shared_ptr<qmp_session> session_;
     bool stopped_ = false;
+    bool primary_ = false;
 };
 
 }  // namespace stackemu::fake

@@ -24,7 +24,7 @@ std::string command_of(const json_reader::item& item) {
 
 }  // namespace
 
-qmp_session::qmp_session(socket_type socket, vm& machine, bool pretty, logger log)
+qmp_session::qmp_session(socket_type socket, vm& machine, bool pretty, logger log, bool primary)
     : socket_(std::move(socket)),
       vm_(machine),
       options_(machine.config()),
@@ -32,7 +32,8 @@ qmp_session::qmp_session(socket_type socket, vm& machine, bool pretty, logger lo
       dispatcher_(machine),
       shaper_(machine.config(), pretty),
       wake_(socket_.get_executor()),
-      fault_(machine.claim_fault(wire_fault::channel::qmp)) {
+      fault_(machine.claim_fault(wire_fault::channel::qmp)),
+      primary_(primary) {
 }
 
 bool qmp_session::fault_strikes(std::size_t step, std::string_view what) {
@@ -201,6 +202,12 @@ asio::awaitable<void> qmp_session::run() {
     });
     asio::co_spawn(
         socket_.get_executor(), [self]() { return self->writer(); }, asio::detached);
+    if (primary_ && options_.greeting_delay && !options_.hang_qmp) {
+        // A loaded host: the greeting comes late; a client that leaves meanwhile ends it.
+        if (log_) log_("qmp: greeting delayed (greeting_delay_ms)");
+        asio::steady_timer t(socket_.get_executor(), *options_.greeting_delay);
+        co_await t.async_wait(tuple);
+    }
     if (!options_.hang_qmp) {
         if (options_.event_before_greeting)
             enqueue(shaper_.frame(make_event(*options_.event_before_greeting)));

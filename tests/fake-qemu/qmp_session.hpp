@@ -22,7 +22,8 @@ class qmp_session : public std::enable_shared_from_this<qmp_session> {
     using socket_type = asio::generic::stream_protocol::socket;
     using logger = std::function<void(const std::string&)>;
 
-    qmp_session(socket_type socket, vm& machine, bool pretty, logger log);
+    // `primary`: a session of the controller's monitor (greeting_delay_ms applies).
+    qmp_session(socket_type socket, vm& machine, bool pretty, logger log, bool primary = false);
 
     // Serves the connection until the client leaves, a hostile mode cuts it, or close().
     asio::awaitable<void> run();
@@ -56,6 +57,7 @@ class qmp_session : public std::enable_shared_from_this<qmp_session> {
     bool closed_ = false;
     std::size_t messages_sent_ = 0;
     std::optional<wire_fault> fault_;
+    bool primary_ = false;
     std::size_t commands_seen_ = 0;
 };
 

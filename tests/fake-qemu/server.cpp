@@ -51,8 +51,11 @@ result<void> server::listen_qmp(const std::string& path, bool pretty) {
 }
 
 void server::adopt_qmp_listener(int listen_fd, bool pretty) {
-    monitors_.emplace_back(executor_, *vm_, listen_fd, pretty, server_logger(&log_),
-                           [this](int d) { count_session(d); });
+    // The first monitor is the controller's (QEMU's argv lists qmp.sock first).
+    const bool primary = monitors_.empty();
+    monitors_.emplace_back(
+        executor_, *vm_, listen_fd, pretty, server_logger(&log_),
+        [this](int d) { count_session(d); }, primary);
     if (started_) monitors_.back().start();
 }
 

@@ -265,6 +265,7 @@ void vm::request_exit(exit_status status, bool now) {
         guest_up_ = false;
         wake_.cancel();
         if (hang_timer_) hang_timer_->cancel();
+        if (linger_timer_) linger_timer_->cancel();
         for (auto& sink : exit_sinks_)
             sink(status);
         auto sinks = change_sinks_;
@@ -318,6 +319,11 @@ void vm::system_reset() {
 
 void vm::quit() {
     if (options_.ignore_quit) return;
+    if (options_.quit_without_reply) {
+        // Gone before the reply or SHUTDOWN is flushed: the sockets close unflushed.
+        request_exit(exit_status{0, 0, true}, true);
+        return;
+    }
     emit("SHUTDOWN", shutdown_data(false, "host-qmp-quit"));
     // Jobs still present are finalised on the way out, newest first (seen on 7.2).
     for (const auto& j : jobs_) {
@@ -357,6 +363,13 @@ void vm::guest_shutdown(std::string_view reason) {
     guest_off();
     if (options_.no_shutdown) {
         vm_stop(run_state::shutdown);
+    } else if (options_.linger_after_shutdown) {
+        // linger_after_shutdown_ms: the guest is down, the process takes its time to exit.
+        vm_stop(run_state::shutdown);
+        linger_timer_.emplace(executor_, *options_.linger_after_shutdown);
+        linger_timer_->async_wait([this](std::error_code ec) {
+            if (!ec) request_exit({0});
+        });
     } else {
         request_exit({0});
     }

@@ -148,6 +148,7 @@ class vm {
     bool guest_up_ = false;  // booted and not off: what the agent needs
     bool qmp_hung_ = false;
     std::optional<asio::steady_timer> hang_timer_;
+    std::optional<asio::steady_timer> linger_timer_;
     bool exited_ = false;
     bool started_ = false;
 

@@ -11,18 +11,22 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lifecycle/exit_codes.hpp"
@@ -187,7 +191,12 @@ struct sandbox {
         env.push_back("EMULATOR_INBUCKET_PORT=" + std::to_string(ports.inbucket));
         env.push_back("STACKEMU_FAKE_QEMU=" + fake.dump());
         env.push_back("XDG_CACHE_HOME=" + (dir / "cache").string());
-        env.insert(env.end(), extra_env.begin(), extra_env.end());
+        // getenv() finds the first entry of a name: an extra one replaces the default.
+        for (const auto& extra : extra_env) {
+            const auto name = extra.substr(0, extra.find('=') + 1);
+            std::erase_if(env, [&](const std::string& e) { return e.starts_with(name); });
+            env.push_back(extra);
+        }
         return env;
     }
 
@@ -277,6 +286,65 @@ struct sandbox {
         return st["pid"].get<pid_t>();
     }
 };
+
+// ---- Other clients of QEMU's monitor ----
+
+// A client of the Unix socket at `path` that stays connected (closed by the destructor).
+struct socket_client {
+    int fd = -1;
+    socket_client() = default;
+    explicit socket_client(int f) : fd(f) {}
+    socket_client(socket_client&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
+    socket_client& operator=(socket_client&&) = delete;
+    ~socket_client() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// Connects without blocking; the errno of a refused connect (EAGAIN: the backlog is full).
+inline std::pair<socket_client, int> connect_unix(const fs::path& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(),
+                std::min(path.native().size(), sizeof addr.sun_path - 1));
+    const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int err = rc == 0 ? 0 : errno;
+    return {socket_client(fd), err};
+}
+
+// Another client holding QEMU's monitor at `path`: connected and greeted (QEMU serves one
+// client per monitor, so everyone else waits in its backlog until this one leaves).
+inline socket_client hold_monitor(const fs::path& path) {
+    auto [client, err] = connect_unix(path);
+    REQUIRE(err == 0);
+    std::string seen;
+    const auto deadline = std::chrono::steady_clock::now() + phase_ceiling;
+    while (!contains(seen, "\"QMP\"") && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{client.fd, POLLIN, 0};
+        ::poll(&p, 1, 1000);
+        char buffer[4096];
+        const auto n = ::read(client.fd, buffer, sizeof buffer);
+        if (n > 0) seen.append(buffer, static_cast<std::size_t>(n));
+    }
+    REQUIRE(contains(seen, "\"QMP\""));
+    return std::move(client);
+}
+
+// Connects to `path` until a connect fails with EAGAIN (a listener nobody accepts on, its
+// backlog full); the connections are kept, as abandoned ones would be.
+inline std::vector<socket_client> fill_backlog(const fs::path& path) {
+    std::vector<socket_client> held;
+    for (int i = 0; i < 64; ++i) {
+        auto [client, err] = connect_unix(path);
+        if (err == EAGAIN) return held;
+        REQUIRE(err == 0);
+        held.push_back(std::move(client));
+    }
+    FAIL("the backlog of " << path << " never filled");
+    return held;
+}
 
 // ---- What the next commands must find after a fault ----
 

@@ -243,6 +243,7 @@ struct sandbox {
         env_text.push_back("EMULATOR_INBUCKET_PORT=" + std::to_string(p.inbucket));
         env_text.push_back("STACKEMU_FAKE_QEMU=" + behaviour.dump());
         env_text.push_back("XDG_CACHE_HOME=" + (dir / "cache").string());
+        env_text.insert(env_text.end(), extra_env.begin(), extra_env.end());
 
         std::vector<std::string> argv_text{STACKEMU_CLI_EXE};
         argv_text.insert(argv_text.end(), args.begin(), args.end());
@@ -291,6 +292,7 @@ struct sandbox {
         return r;
     }
     cli_result run(const std::vector<std::string>& args) { return run_as(args, ports, fake); }
+    std::vector<std::string> extra_env;  // NAME=value of settings the defaults leave unset
 
     // `status --json` parsed (an empty object when it printed no JSON).
     json status(const std::string& name = "") {
@@ -439,17 +441,23 @@ TEST_CASE("stackemu stop: a guest ignoring the agent and the button is ended by 
     CHECK(sb.status().value("state", "") == "stopped");
 }
 
+// Both monitors wedged: the guest agent is still asked first (issue 16.1); this guest ignores
+// it, so the signals end QEMU.
 TEST_CASE("stackemu stop: a wedged QEMU monitor is ended by SIGTERM", "[cli]") {
     sandbox sb;
     sb.fake["hang_qmp_after_ms"] = 100;
+    sb.fake["cooperative_guest"] = false;
+    sb.extra_env = {"EMULATOR_REPLY_TIMEOUT=1"};
     start_ok(sb);
     // The monitor stops answering shortly after ready: status sees it first.
-    REQUIRE(wait_for_state(sb, "unhealthy"));
+    REQUIRE(wait_for_state(sb, "monitor-busy"));
     auto stopped = sb.run({"stop", "--json", "--stop-timeout", "1"});
     INFO(stopped.err);
     CHECK(stopped.code == exit_code::stopped_forcibly);
     const auto j = parse_json(stopped.out);
     CHECK(j["rung"] == "sigterm");
+    REQUIRE(j["rungs"].size() == 2);
+    CHECK(j["rungs"][0]["rung"] == "agent-shutdown");
     CHECK(sb.no_fakes_left());
     CHECK(sb.status().value("state", "") == "stopped");
 }
@@ -458,15 +466,18 @@ TEST_CASE("stackemu stop: a wedged QEMU that ignores SIGTERM is ended by SIGKILL
     sandbox sb;
     sb.fake["hang_qmp_after_ms"] = 100;
     sb.fake["ignore_sigterm"] = true;
+    sb.fake["cooperative_guest"] = false;
+    sb.extra_env = {"EMULATOR_REPLY_TIMEOUT=1"};
     start_ok(sb);
-    REQUIRE(wait_for_state(sb, "unhealthy"));
+    REQUIRE(wait_for_state(sb, "monitor-busy"));
     auto stopped = sb.run({"stop", "--json", "--stop-timeout", "1"});
     INFO(stopped.err);
     CHECK(stopped.code == exit_code::stopped_forcibly);
     const auto j = parse_json(stopped.out);
     CHECK(j["rung"] == "sigkill");
-    REQUIRE(j["rungs"].size() == 2);
-    CHECK(j["rungs"][0]["rung"] == "sigterm");
+    REQUIRE(j["rungs"].size() == 3);
+    CHECK(j["rungs"][0]["rung"] == "agent-shutdown");
+    CHECK(j["rungs"][1]["rung"] == "sigterm");
     CHECK(sb.no_fakes_left());
     // SIGKILL leaves no clean exit behind, but stop removed the sockets: stopped, not crashed.
     CHECK(sb.status().value("state", "") == "stopped");

@@ -8,6 +8,7 @@
 // on stderr, state.json). No sleeps; ceilings only against hangs.
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -397,8 +398,21 @@ TEST_CASE("fault matrix: QEMU killed while quit is pending", "[fault][kill-qemu]
     REQUIRE(wait_for_text(sb.qemu_log(), command_mark("quit"), from));
     REQUIRE(::kill(qemu, SIGKILL) == 0);
     auto r = sb.finish(stop);
-    CHECK(contains(r.err + r.out, "crashed"));
-    check_after_qemu_kill(sb, r, exit_code::stopped_forcibly);
+    // After stackemu sent quit, an exit without reply or SHUTDOWN is what quit does when QEMU
+    // closes before flushing them (issue 16.5): stopped by quit, not a crash.
+    CHECK(r.code == exit_code::stopped_forcibly);
+    CHECK_FALSE(contains(r.err + r.out, "crashed"));
+    check_state_whole(sb);
+    check_lock_free(sb);
+    CHECK(sb.no_fakes_left());
+    auto st = sb.status();
+    CHECK(st.value("state", "") == "stopped");
+    CHECK(st.value("__exit", -1) == exit_code::stopped);
+    check_overlay(sb);
+    sb.fake = happy_guest();
+    CHECK(sb.run(sb.start_args({"--quiet"})).code == exit_code::ok);
+    CHECK(sb.run({"stop"}).code == exit_code::stopped_cleanly);
+    CHECK(sb.no_fakes_left());
 }
 
 TEST_CASE("fault matrix: QEMU killed while stop saves the ready state", "[fault][kill-qemu]") {
@@ -549,4 +563,184 @@ TEST_CASE("concurrency: snapshot load and status during stop", "[fault][concurre
     CHECK(sb.run({"snapshot", "load", "clean"}).code == snap_exit::ok);
     CHECK(sb.run({"stop", "--stop-timeout", "1"}).code == exit_code::stopped_forcibly);
     CHECK(sb.no_fakes_left());
+}
+
+// ---- A misbehaving QEMU (issues 16 and 17) ----
+
+namespace {
+
+// The stop's JSON report.
+json stop_report(const cli_result& r) {
+    auto j = json::parse(r.out, nullptr, false);
+    INFO("stop: " << r.out << r.err);
+    REQUIRE(j.is_object());
+    return j;
+}
+
+}  // namespace
+
+TEST_CASE("misbehaving QEMU: a greeting that takes 3 s still gets a clean stop",
+          "[fault][hostile-qemu]") {
+    sandbox sb;
+    sb.fake["greeting_delay_ms"] = 3000;  // a loaded host; EMULATOR_REPLY_TIMEOUT is 30 s
+    const pid_t qemu = sb.start_ready();  // status waited for the greeting too
+    auto listed = sb.run({"snapshot", "list", "--json"});
+    CHECK(listed.code == snap_exit::ok);
+    auto stopped = sb.run({"stop", "--json"});
+    CHECK(stopped.code == exit_code::stopped_cleanly);
+    const auto j = stop_report(stopped);
+    CHECK(j["rung"] == "agent-shutdown");
+    CHECK(j["clean"] == true);
+    CHECK(stackemu::test::wait_gone(qemu, 30s));
+    CHECK(sb.status().value("state", "") == "stopped");
+}
+
+TEST_CASE(
+    "misbehaving QEMU: a monitor held by another client is busy, and stop still asks the "
+    "guest",
+    "[fault][hostile-qemu]") {
+    sandbox sb;
+    const pid_t qemu = sb.start_ready();
+    auto other = hold_monitor(sb.vm_dir() / "qmp.sock");
+    sb.extra_env = {"EMULATOR_REPLY_TIMEOUT=1"};
+
+    auto st = sb.status();
+    INFO("status: " << st.dump());
+    CHECK(st.value("state", "") == "monitor-busy");
+    CHECK(st.value("__exit", -1) == exit_code::not_healthy);
+    CHECK(st.value("pid", -1) == qemu);
+    CHECK(contains(st.value("detail", ""), "monitor busy/slow"));
+
+    auto listed = sb.run({"snapshot", "list"});
+    CHECK(listed.code == snap_exit::busy);
+    CHECK(contains(listed.err, "is busy"));
+
+    // The guest is asked through the second monitor and the agent: a clean stop, no signal.
+    auto stopped = sb.run({"stop", "--json"});
+    CHECK(stopped.code == exit_code::stopped_cleanly);
+    const auto j = stop_report(stopped);
+    CHECK(j["rung"] == "agent-shutdown");
+    CHECK(j["clean"] == true);
+    CHECK(contains(stopped.err, "second monitor"));
+    CHECK(sb.no_fakes_left());
+    CHECK(sb.status().value("state", "") == "stopped");
+}
+
+TEST_CASE("misbehaving QEMU: a wedged QEMU with a full backlog is alive, and stop ends it",
+          "[fault][hostile-qemu]") {
+    sandbox sb;
+    sb.fake["accept_limit"] = 1;  // start's own connection, then nobody is accepted
+    REQUIRE(sb.run(sb.start_args({"--quiet"})).code == exit_code::ok);
+    const auto alive = sb.fakes();
+    REQUIRE(alive.size() == 1);
+    auto abandoned = fill_backlog(sb.vm_dir() / "qmp.sock");
+    sb.extra_env = {"EMULATOR_REPLY_TIMEOUT=1"};
+
+    auto st = sb.status();
+    INFO("status: " << st.dump());
+    CHECK(st.value("state", "") == "monitor-busy");
+    CHECK(st.value("__exit", -1) == exit_code::not_healthy);
+    CHECK(st.value("pid", -1) == alive.front());
+    CHECK(fs::exists(sb.vm_dir() / "qmp.sock"));  // not mistaken for a dead QEMU's leftovers
+
+    auto again = sb.run(sb.start_args({"--quiet"}));
+    CHECK(again.code != exit_code::ok);
+    CHECK(contains(again.err, "still running"));
+    CHECK(sb.fakes() == alive);
+
+    auto stopped = sb.run({"stop", "--json"});
+    CHECK(stopped.code == exit_code::stopped_cleanly);
+    const auto j = stop_report(stopped);
+    CHECK(j["rung"] == "agent-shutdown");
+    CHECK_FALSE(contains(stopped.out + stopped.err, "crashed"));
+    CHECK(sb.no_fakes_left());
+    CHECK(sb.status().value("state", "") == "stopped");
+}
+
+TEST_CASE("misbehaving QEMU: quit ending QEMU without a reply is a stop by quit, not a crash",
+          "[fault][hostile-qemu]") {
+    sandbox sb;
+    sb.fake["cooperative_guest"] = false;
+    sb.fake["quit_without_reply"] = true;
+    sb.start_ready();
+    auto stopped = sb.run({"stop", "--json", "--stop-timeout", "1"});
+    CHECK(stopped.code == exit_code::stopped_forcibly);
+    const auto j = stop_report(stopped);
+    CHECK(j["rung"] == "quit");
+    CHECK_FALSE(contains(stopped.out + stopped.err, "crashed"));
+    CHECK(sb.no_fakes_left());
+    const auto st = sb.status();
+    CHECK(st.value("state", "") == "stopped");
+    CHECK(st.value("__exit", -1) == exit_code::stopped);
+    const auto state = json::parse(slurp(sb.vm_dir() / "state.json"));
+    CHECK(state["stop_rung"] == "quit");
+}
+
+TEST_CASE("misbehaving QEMU: a guest SHUTDOWN followed by a slow exit is a clean stop",
+          "[fault][hostile-qemu]") {
+    sandbox sb;
+    sb.fake["linger_after_shutdown_ms"] = 15000;  // longer than any wait of the old ladder
+    sb.start_ready();
+    auto stopped = sb.run({"stop", "--json"});
+    CHECK(stopped.code == exit_code::stopped_cleanly);
+    const auto j = stop_report(stopped);
+    CHECK(j["rung"] == "agent-shutdown");
+    CHECK(j["clean"] == true);
+    CHECK_FALSE(contains(stopped.err, "did not shut down"));
+    CHECK(sb.no_fakes_left());
+    const auto state = json::parse(slurp(sb.vm_dir() / "state.json"));
+    CHECK(state["stop_clean"] == true);
+    CHECK(sb.status().value("state", "") == "stopped");
+}
+
+TEST_CASE(
+    "misbehaving QEMU: another binary of the same name behind the socket is refused and "
+    "not signalled",
+    "[fault][hostile-qemu]") {
+    sandbox sb;
+    // The instance's QEMU is a copy of the fake; after it dies a different file (another inode)
+    // of the same path and name serves the instance's sockets.
+    const fs::path qemu_path = sb.dir / "bin" / "qemu-system-x86_64";
+    fs::create_directories(qemu_path.parent_path());
+    fs::copy_file(STACKEMU_FAKE_QEMU_EXE, qemu_path);
+    sb.extra_env = {"EMULATOR_QEMU=" + qemu_path.string()};
+    const pid_t launched = sb.start_ready();
+    REQUIRE(::kill(launched, SIGKILL) == 0);
+    REQUIRE(stackemu::test::wait_gone(launched, 30s));
+    fs::remove(qemu_path);
+    fs::copy_file(STACKEMU_FAKE_QEMU_EXE, qemu_path);
+
+    auto argv =
+        json::parse(slurp(sb.vm_dir() / "state.json"))["argv"].get<std::vector<std::string>>();
+    argv.front() = qemu_path.string();
+    stackemu::lifecycle::launch_options quiet;
+    quiet.env.push_back({"STACKEMU_FAKE_QEMU", std::nullopt});
+    REQUIRE(
+        stackemu::lifecycle::launch_daemonized(argv, (sb.dir / "impostor.err").string(), quiet));
+    ucred peer{};
+    {
+        // Closed at once: the monitor stays free for the commands below.
+        auto [probe, err] = connect_unix(sb.vm_dir() / "qmp.sock");
+        REQUIRE(err == 0);
+        socklen_t len = sizeof peer;
+        REQUIRE(::getsockopt(probe.fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0);
+    }
+    const pid_t impostor = peer.pid;
+    REQUIRE(impostor > 0);
+    REQUIRE(impostor != launched);
+    struct reaper {
+        pid_t pid;
+        ~reaper() { ::kill(pid, SIGKILL); }
+    } const cleanup{impostor};
+
+    auto stopped = sb.run({"stop", "--json"});
+    CHECK(stopped.code == exit_code::error);
+    CHECK(contains(stopped.err, "not the QEMU this instance launched"));
+    CHECK(contains(stopped.err, "refusing to control or signal it"));
+    const auto st = sb.status();
+    CHECK(st.value("state", "") == "foreign");
+    CHECK(st.value("__exit", -1) == exit_code::error);
+    // Nothing reached it: no quit, no shutdown request, no signal.
+    CHECK_FALSE(stackemu::test::process_gone(impostor));
+    CHECK_FALSE(contains(slurp(sb.qemu_log()), "exiting:"));
 }

@@ -325,6 +325,49 @@ TEST_CASE("verify_peer refuses a process that runs another program") {
     CHECK_OK(verify_peer(::getpid(), self));
 }
 
+TEST_CASE("identity_of records the pid's start time and the executable's device and inode") {
+    auto me = identity_of(::getpid());
+    REQUIRE(me.has_value());
+    struct stat exe {};
+    REQUIRE(::stat("/proc/self/exe", &exe) == 0);
+    CHECK(me->pid == ::getpid());
+    CHECK(me->exe_dev == static_cast<std::uint64_t>(exe.st_dev));
+    CHECK(me->exe_ino == static_cast<std::uint64_t>(exe.st_ino));
+    CHECK(me->start_time > 0);
+}
+
+TEST_CASE("verify_peer with a launch record refuses the same executable in another process") {
+    auto me = identity_of(::getpid());
+    REQUIRE(me.has_value());
+    CHECK_OK(verify_peer(::getpid(), "", *me));
+    auto other = *me;
+    other.pid = ::getppid();
+    auto refused = verify_peer(::getpid(), "", other);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == errc::wrong_state);
+    CHECK_THAT(refused.error().message, Catch::Contains("is not the QEMU this instance launched"));
+    auto copied = *me;
+    copied.exe_ino += 1;  // the same pid and name, another file
+    refused = verify_peer(::getpid(), "", copied);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK_THAT(refused.error().message,
+               Catch::Contains("not the QEMU executable this instance launched"));
+}
+
+TEST_CASE("open_launched finds a live launch and calls a recycled pid gone") {
+    auto me = identity_of(::getpid());
+    REQUIRE(me.has_value());
+    auto held = open_launched(*me);
+    REQUIRE(held.has_value());
+    CHECK(held->pid() == ::getpid());
+    CHECK_FALSE(held->exited());
+    auto recycled = *me;
+    recycled.start_time -= 1;  // the pid now names a later process
+    auto gone = open_launched(recycled);
+    REQUIRE_FALSE(gone.has_value());
+    CHECK(gone.error().code == errc::not_found);
+}
+
 TEST_CASE("wait_exit times out while the fake ignores SIGTERM and SIGKILL ends it") {
     temp_dir dir;
     const std::string qmp_path = dir / "qmp.sock";
