@@ -24,6 +24,19 @@ using nlohmann::json;
 namespace exit_code = lifecycle::exit_code;
 namespace fs = std::filesystem;
 
+// The user-facing stackemu this process stands for: profiles are found from its prefix
+// (<prefix>/bin/stackemu -> <prefix>/share/stackemu), and this binary is
+// <prefix>/libexec/stackemu/stackemu-full (in the build tree src/libexec/stackemu/).
+fs::path front_binary() {
+    std::error_code ec;
+    const auto exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) return {};
+    const auto dir = exe.parent_path();
+    if (dir.filename() == "stackemu" && dir.parent_path().filename() == "libexec")
+        return dir.parent_path().parent_path() / "bin" / "stackemu";
+    return exe;
+}
+
 constexpr std::string_view build_footer =
     R"(Boots the base with the profile's cloud-init seed (label cidata) and bundle (label
 STACKBUNDLE: the profile's bundle_files and --payload as payload.tar), no host forwards. The
@@ -165,9 +178,8 @@ int run_build(const build_options& o) {
         if (!t) return report("build-image", t.error()), exit_code::usage;
         s->provision_timeout = std::chrono::seconds(*t);
     }
-    std::error_code ec;
-    const auto exe = fs::read_symlink("/proc/self/exe", ec);
-    auto profile = provision::load_profile(o.profile, provision::default_profile_search_path(exe));
+    auto profile =
+        provision::load_profile(o.profile, provision::default_profile_search_path(front_binary()));
     if (!profile) return report("build-image", profile.error()), exit_for(profile.error());
 
     lifecycle::build_request req;

@@ -241,8 +241,10 @@ void add_cp(CLI::App& app, std::function<int()>& action) {
 
 }  // namespace
 
-void add_exec_commands(CLI::App& app, std::function<int()>& action) {
+void add_exec_command(CLI::App& app, std::function<int()>& action) {
     add_exec(app, action);
+}
+void add_cp_command(CLI::App& app, std::function<int()>& action) {
     add_cp(app, action);
 }
 

@@ -1,4 +1,5 @@
-// start, stop, status, reset, list, pause, resume: thin shells over src/lifecycle.
+// stop, status, reset, list, pause, resume: thin shells over src/lifecycle (start is in
+// start_command.cpp: it needs the image tools the one-shot binary leaves out).
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -9,20 +10,19 @@
 #include <iostream>
 
 #include "cli/instance_options.hpp"
+#include "cli/lifecycle_shell.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 #include "lifecycle/controller.hpp"
 #include "lifecycle/exit_codes.hpp"
 
 namespace stackemu::cli {
-namespace {
 
 using namespace stackemu::lifecycle;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-// Progress on stderr with the time since the command began, so stdout stays the result.
-progress_sink stderr_progress(bool quiet) {
+lifecycle::progress_sink stderr_progress(bool quiet) {
     if (quiet) return {};
     const auto t0 = std::chrono::steady_clock::now();
     return [t0](std::string_view line) {
@@ -30,21 +30,6 @@ progress_sink stderr_progress(bool quiet) {
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         fmt::print(stderr, "[{:6.2f}s] {}\n", s, line);
     };
-}
-
-json phases_json(const std::vector<phase_time>& phases) {
-    json j = json::array();
-    for (const auto& p : phases)
-        j.push_back({{"phase", p.name}, {"ms", p.ms}});
-    return j;
-}
-
-// A guest can print a line of any length (the scanner keeps 64 KiB of one): the report shows
-// its start and says how much is left out; serial.log has it whole.
-std::string shorten_console_line(const std::string& line) {
-    constexpr std::size_t shown = 400;
-    if (line.size() <= shown) return line;
-    return fmt::format("{} [... {} more bytes]", line.substr(0, shown), line.size() - shown);
 }
 
 int settings_error(std::string_view command, const error& e) {
@@ -57,105 +42,7 @@ int error_exit(std::string_view command, const error& e) {
     return e.code == errc::busy ? exit_code::busy : exit_code::error;
 }
 
-// ---- start ----
-void add_start(CLI::App& app, std::function<int()>& action) {
-    auto* cmd = app.add_subcommand("start", "Start the emulator and wait until it is ready");
-    auto o = add_instance_options(cmd, option_set::runtime);
-    struct extra {
-        std::string image;
-        bool keep_on_failure = false;
-        bool cold = false;
-        bool console = false;
-        bool quiet = false;
-        std::string append;
-        std::string share;
-        bool share_writable = false;
-    };
-    auto x = std::make_shared<extra>();
-    cmd->add_option("--image", x->image,
-                    "image (qcow2 with its .json manifest beside it); default "
-                    "EMULATOR_IMAGE_DIR/stack-emulator-<arch>.qcow2");
-    cmd->add_flag("--keep-on-failure", x->keep_on_failure,
-                  "leave a VM that failed to start running, for debugging");
-    cmd->add_flag(
-        "--cold", x->cold,
-        "boot from scratch even when the saved ready state (`snapshot save stackemu-ready`) fits");
-    cmd->add_flag("--console", x->console, "echo the guest's console while it boots");
-    cmd->add_flag("-q,--quiet", x->quiet, "no progress lines");
-    cmd->add_option("--append", x->append,
-                    "extra kernel command-line arguments (images that boot a kernel directly)");
-    cmd->add_option("--share", x->share,
-                    "a host directory the guest sees under the 9p tag hostshare, read-only "
-                    "(the stack profile mounts it at /mnt/hostshare); never the host's /");
-    cmd->add_flag("--share-writable", x->share_writable,
-                  "export the --share directory writable (kernel-boot images)");
-    cmd->callback([o, x, &action] {
-        action = [o, x]() -> int {
-            if (x->share_writable && x->share.empty())
-                return settings_error(
-                    "start", make_error(errc::invalid_argument,
-                                        "--share-writable needs --share DIR: name the directory "
-                                        "to export"));
-            auto inst = resolve_instance(*o);
-            if (!inst) return settings_error("start", inst.error());
-            start_request req;
-            if (!x->share.empty())
-                req.share = host_share{fs::absolute(x->share), x->share_writable};
-            req.inst = std::move(*inst);
-            if (!x->image.empty()) req.image = fs::absolute(x->image);
-            req.keep_on_failure = x->keep_on_failure;
-            req.cold = x->cold;
-            req.extra_cmdline = x->append;
-            req.progress = stderr_progress(x->quiet);
-            req.echo_console = x->console;
-            const auto paths = req.inst.paths;
-            auto outcome = run_on_context(start(std::move(req)));
-            if (!outcome) return error_exit("start", outcome.error());
-            const auto& r = *outcome;
-            if (o->json) {
-                json j = {{"ready", r.ready},
-                          {"already_running", r.already_running},
-                          {"accelerator", r.accel_reason},
-                          {"total_ms", r.total_ms},
-                          {"phases", phases_json(r.phases)},
-                          {"failure", r.failure},
-                          {"cause", to_string(r.why)},
-                          {"last_lines", r.last_lines},
-                          {"vm_kept", r.vm_kept},
-                          {"warm", r.warm},
-                          {"warm_note", r.warm_note},
-                          {"clock_note", r.clock_note},
-                          {"peak_rss_kib", peak_rss_kib()}};
-                if (r.pid) j["pid"] = *r.pid;
-                std::cout << j.dump(2) << std::endl;
-            } else if (r.already_running && !r.failure.empty()) {
-                fmt::print(stderr, "stackemu start: {}\n", r.failure);
-            } else if (r.already_running) {
-                fmt::print("already running (pid {}){}\n", r.pid.value_or(-1),
-                           r.ready ? "" : ", but its CPUs are not running");
-            } else if (r.ready) {
-                fmt::print("ready in {:.1f} s (pid {}{})\n", r.total_ms / 1000, r.pid.value_or(-1),
-                           r.warm ? ", restored from the saved ready state" : "");
-            } else {
-                fmt::print(stderr, "stackemu start: failed: {}\n", r.failure);
-                if (!r.last_lines.empty()) {
-                    fmt::print(stderr, "--- last {} console lines ({}) ---\n", r.last_lines.size(),
-                               paths.serial_log.string());
-                    for (const auto& l : r.last_lines)
-                        fmt::print(stderr, "{}\n", shorten_console_line(l));
-                    fmt::print(stderr, "---\n");
-                }
-                fmt::print(stderr, "{}\n",
-                           r.vm_kept ? "the VM is still running (--keep-on-failure): `stackemu "
-                                       "stop` ends it"
-                                     : fmt::format("logs: {}", paths.vm_dir.string()));
-            }
-            if (r.already_running && !r.failure.empty()) return exit_code::failed;
-            if (r.already_running) return r.ready ? exit_code::ok : exit_code::paused;
-            return r.ready ? exit_code::ok : exit_code::failed;
-        };
-    });
-}
+namespace {
 
 // ---- stop ----
 void add_stop(CLI::App& app, std::function<int()>& action) {
@@ -315,8 +202,8 @@ void add_reset(CLI::App& app, std::function<int()>& action) {
 }
 
 // ---- pause / resume ----
-void add_pause_resume(CLI::App& app, std::function<int()>& action) {
-    for (bool pausing : {true, false}) {
+void add_pause_resume(CLI::App& app, std::function<int()>& action, bool pausing) {
+    {
         auto* cmd = app.add_subcommand(
             pausing ? "pause" : "resume",
             pausing ? "Stop the guest's CPUs (QMP stop)" : "Run the guest's CPUs again (QMP cont)");
@@ -341,13 +228,23 @@ void add_pause_resume(CLI::App& app, std::function<int()>& action) {
 
 }  // namespace
 
-void add_lifecycle_commands(CLI::App& app, std::function<int()>& action) {
-    add_start(app, action);
+void add_stop_command(CLI::App& app, std::function<int()>& action) {
     add_stop(app, action);
+}
+void add_status_command(CLI::App& app, std::function<int()>& action) {
     add_status(app, action);
+}
+void add_list_command(CLI::App& app, std::function<int()>& action) {
     add_list(app, action);
+}
+void add_reset_command(CLI::App& app, std::function<int()>& action) {
     add_reset(app, action);
-    add_pause_resume(app, action);
+}
+void add_pause_command(CLI::App& app, std::function<int()>& action) {
+    add_pause_resume(app, action, true);
+}
+void add_resume_command(CLI::App& app, std::function<int()>& action) {
+    add_pause_resume(app, action, false);
 }
 
 }  // namespace stackemu::cli

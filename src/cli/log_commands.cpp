@@ -177,8 +177,10 @@ void add_events(CLI::App& app, std::function<int()>& action) {
 
 }  // namespace
 
-void add_log_commands(CLI::App& app, std::function<int()>& action) {
+void add_logs_command(CLI::App& app, std::function<int()>& action) {
     add_logs(app, action);
+}
+void add_events_command(CLI::App& app, std::function<int()>& action) {
     add_events(app, action);
 }
 

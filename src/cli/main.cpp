@@ -1,59 +1,31 @@
-// stackemu: runs a whole backend inside one QEMU VM and controls it over QMP.
-#include <fmt/format.h>
+// stackemu-full: every subcommand. The one-shot `stackemu` (oneshot_main.cpp) runs the light
+// ones itself and execs this for the rest, help and unknown words.
+#include <array>
 
-#include <CLI/CLI.hpp>
-#include <cstdlib>
-#include <functional>
-
-#include "cli/output.hpp"
 #include "cli/subcommands.hpp"
-
-namespace {
-
-// CLI11 reports an unknown command word as "A subcommand is required": name it, and the
-// commands there are. True when it was one.
-bool explain_unknown_command(const CLI::App& app, int argc, char** argv) {
-    if (argc < 2 || argv[1][0] == '-' || !app.get_subcommands().empty()) return false;
-    std::string names;
-    for (const auto* sub : app.get_subcommands(std::function<bool(const CLI::App*)>{}))
-        names += (names.empty() ? "" : ", ") + sub->get_name();
-    fmt::print(stderr,
-               "stackemu: unknown command '{}'; the commands are: {} (`stackemu --help` "
-               "describes them)\n",
-               argv[1], names);
-    return true;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     using namespace stackemu::cli;
-    CLI::App app{"stackemu: a whole backend in one QEMU VM, controlled over QMP"};
-    app.set_version_flag("--version", "stackemu 0.1.0");
-    app.require_subcommand(1);
-    std::function<int()> action;
-    add_lifecycle_commands(app, action);
-    add_log_commands(app, action);
-    add_qmp_command(app, action);
-    add_bench_command(app, action);
-    add_doctor_command(app, action);
-    add_pull_command(app, action);
-    add_build_image_command(app, action);
-    add_snapshot_commands(app, action);
-    add_exec_commands(app, action);
-    add_image_commands(app, action);
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForVersion& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        if (explain_unknown_command(app, argc, argv)) return exit_usage;
-        app.exit(e);  // prints what was wrong and the usage hint
-        return exit_usage;
-    }
-    return action ? action() : exit_usage;
+    // The order `stackemu --help` lists them in.
+    static constexpr std::array commands{
+        command_entry{"start", add_start_command},
+        command_entry{"stop", add_stop_command},
+        command_entry{"status", add_status_command},
+        command_entry{"list", add_list_command},
+        command_entry{"reset", add_reset_command},
+        command_entry{"pause", add_pause_command},
+        command_entry{"resume", add_resume_command},
+        command_entry{"logs", add_logs_command},
+        command_entry{"events", add_events_command},
+        command_entry{"qmp", add_qmp_command},
+        command_entry{"bench", add_bench_command},
+        command_entry{"doctor", add_doctor_command},
+        command_entry{"pull", add_pull_command},
+        command_entry{"build-image", add_build_image_command},
+        command_entry{"snapshot", add_snapshot_commands},
+        command_entry{"exec", add_exec_command},
+        command_entry{"cp", add_cp_command},
+        command_entry{"image", add_image_commands},
+    };
+    return run_cli(argc, argv, commands);
 }

@@ -1,21 +1,43 @@
 // Each subcommand registers itself on the app and, when chosen, sets the action main() runs.
+// Only the chosen subcommand is registered (building every option tree is a tenth of a
+// one-shot's time); all of them only for help and unknown words.
 #pragma once
 
 #include <CLI/App.hpp>
 #include <functional>
-#include <string>
+#include <span>
+#include <string_view>
 
 namespace stackemu::cli {
 
+using add_command_fn = void (*)(CLI::App&, std::function<int()>&);
+
+struct command_entry {
+    std::string_view name;
+    add_command_fn add;
+};
+
+void add_start_command(CLI::App& app, std::function<int()>& action);
+void add_stop_command(CLI::App& app, std::function<int()>& action);
+void add_status_command(CLI::App& app, std::function<int()>& action);
+void add_list_command(CLI::App& app, std::function<int()>& action);
+void add_reset_command(CLI::App& app, std::function<int()>& action);
+void add_pause_command(CLI::App& app, std::function<int()>& action);
+void add_resume_command(CLI::App& app, std::function<int()>& action);
+void add_logs_command(CLI::App& app, std::function<int()>& action);
+void add_events_command(CLI::App& app, std::function<int()>& action);
 void add_qmp_command(CLI::App& app, std::function<int()>& action);
-void add_lifecycle_commands(CLI::App& app, std::function<int()>& action);
-void add_log_commands(CLI::App& app, std::function<int()>& action);
 void add_bench_command(CLI::App& app, std::function<int()>& action);
 void add_doctor_command(CLI::App& app, std::function<int()>& action);
 void add_pull_command(CLI::App& app, std::function<int()>& action);
 void add_build_image_command(CLI::App& app, std::function<int()>& action);
 void add_snapshot_commands(CLI::App& app, std::function<int()>& action);
-void add_exec_commands(CLI::App& app, std::function<int()>& action);
+void add_exec_command(CLI::App& app, std::function<int()>& action);
+void add_cp_command(CLI::App& app, std::function<int()>& action);
 void add_image_commands(CLI::App& app, std::function<int()>& action);
+
+// Parses the command line with `commands` (in the order `--help` lists them) and runs the
+// chosen one: the whole of main(). When argv[1] names one of them only that one is built.
+int run_cli(int argc, char** argv, std::span<const command_entry> commands);
 
 }  // namespace stackemu::cli

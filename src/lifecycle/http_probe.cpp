@@ -1,169 +1,315 @@
-// libcurl's multi interface on Asio: curl says which sockets to watch and when its timer is
-// due (CURLMOPT_SOCKETFUNCTION, CURLMOPT_TIMERFUNCTION); Asio waits and calls
-// curl_multi_socket_action. Completed transfers wake their get() through a steady_timer.
+// Plain HTTP/1.1 GETs on Asio: a probe connects, sends one request with Connection: close,
+// and reads the status line, the headers and at most max_probe_body bytes of the body
+// (Content-Length, chunked, or up to the close). Probes go to loopback ports forwarded to the
+// guest; no libcurl, so the one-shot `stackemu status` does not load it and its TLS stack.
 #include "lifecycle/http_probe.hpp"
 
-#include <curl/curl.h>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <asio/co_spawn.hpp>
+#include <asio/connect.hpp>
+#include <asio/detached.hpp>
 #include <asio/error.hpp>
-#include <asio/posix/stream_descriptor.hpp>
+#include <asio/ip/tcp.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
-#include <cerrno>
-#include <cstdint>
+#include <asio/write.hpp>
+#include <cctype>
+#include <charconv>
 #include <optional>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
 namespace stackemu::lifecycle {
 
+using asio::ip::tcp;
 using std::chrono::milliseconds;
 
 namespace detail {
 namespace {
 
-// Our own deadline fires this long after curl's CURLOPT_TIMEOUT_MS, as a backstop only.
-constexpr milliseconds backstop_grace{500};
 // The least time wait_healthy() gives one attempt, even past its deadline.
 constexpr milliseconds min_attempt{100};
-constexpr int want_read = 1;
-constexpr int want_write = 2;
+// A status line and headers longer than this are not a probe's answer.
+constexpr std::size_t max_header = 64 * 1024;
 
-void init_curl_once() {
-    // curl_global_init is thread-safe in curl >= 7.84; this runs it once per process anyway.
-    [[maybe_unused]] static const CURLcode init = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
+struct target {
+    std::string host;  // without IPv6 brackets
+    std::string port;  // decimal
+    unsigned short port_number = 80;
+    std::string authority;  // the Host header
+    std::string path;       // path and query
+};
 
-CURLM* new_multi() {
-    init_curl_once();
-    return curl_multi_init();
+result<target> parse_url(const std::string& url) {
+    const auto unusable = [&](std::string_view why) {
+        return fail(errc::invalid_argument,
+                    fmt::format("{}: not a usable http URL ({})", url, why));
+    };
+    constexpr std::string_view scheme = "http://";
+    if (url.size() < scheme.size() ||
+        !std::equal(scheme.begin(), scheme.end(), url.begin(), [](char a, char b) {
+            return a == std::tolower(static_cast<unsigned char>(b));
+        }))
+        return unusable("probes speak plain HTTP: http://HOST[:PORT]/PATH");
+    std::string_view rest = std::string_view(url).substr(scheme.size());
+    rest = rest.substr(0, rest.find('#'));
+    const auto slash = rest.find_first_of("/?");
+    target t;
+    t.authority = std::string(rest.substr(0, slash));
+    const std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash);
+    t.path = path.empty() ? "/" : path.front() == '?' ? "/" + std::string(path) : std::string(path);
+    std::string_view auth = t.authority;
+    if (auth.find('@') != std::string_view::npos) return unusable("no user names in probe URLs");
+    std::string_view port;
+    if (auth.starts_with('[')) {
+        const auto close = auth.find(']');
+        if (close == std::string_view::npos) return unusable("unclosed [ in the host");
+        t.host = std::string(auth.substr(1, close - 1));
+        const auto after = auth.substr(close + 1);
+        if (!after.empty() && !after.starts_with(':')) return unusable("bad port");
+        if (!after.empty()) port = after.substr(1);
+    } else {
+        const auto colon = auth.rfind(':');
+        t.host = std::string(auth.substr(0, colon));
+        if (colon != std::string_view::npos) port = auth.substr(colon + 1);
+    }
+    if (t.host.empty()) return unusable("no host");
+    unsigned number = 80;
+    if (!port.empty()) {
+        const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+        if (ec != std::errc{} || end != port.data() + port.size() || number == 0 || number > 65535)
+            return unusable("bad port");
+    }
+    t.port = std::to_string(number);
+    t.port_number = static_cast<unsigned short>(number);
+    return t;
 }
 
 // One GET from get() until its answer, failure, cancellation or the prober's end.
 struct transfer {
     transfer(const asio::any_io_executor& ex, std::string u, milliseconds to)
-        : easy(curl_easy_init()), url(std::move(u)), timeout(to), wake(ex) {}
+        : url(std::move(u)), timeout(to), resolver(ex), socket(ex), wake(ex) {}
     transfer(const transfer&) = delete;
     transfer& operator=(const transfer&) = delete;
-    ~transfer() {
-        if (easy) curl_easy_cleanup(easy);
+
+    // Ends the exchange's I/O; its coroutine then finds the transfer ended and returns.
+    void stop_io() {
+        resolver.cancel();
+        asio::error_code ignored;
+        socket.close(ignored);
     }
 
-    CURL* easy;
     std::string url;
     milliseconds timeout;
-    std::string body;
-    bool truncated = false;
-    bool attached = false;  // added to the multi handle
-    char errbuf[CURL_ERROR_SIZE]{};
+    tcp::resolver resolver;
+    tcp::socket socket;
+    bool attached = false;  // counted in in_flight()
     std::optional<result<probe_outcome>> outcome;
-    asio::steady_timer wake;  // waits for the backstop deadline; cancelled when `outcome` is set
+    asio::steady_timer
+        wake;  // get() waits on it until the deadline; cancelled when `outcome` is set
 };
 
-// One of curl's sockets, watched but never owned: release() gives it back without closing.
-struct socket_watch {
-    socket_watch(const asio::any_io_executor& ex, curl_socket_t s) : fd(s), descriptor(ex) {}
-    socket_watch(const socket_watch&) = delete;
-    socket_watch& operator=(const socket_watch&) = delete;
-    ~socket_watch() { release(); }
+error read_failure(const std::string& url, const asio::error_code& ec, bool got_any) {
+    if (ec == asio::error::eof)
+        return make_error(errc::io_error,
+                          got_any
+                              ? fmt::format("{}: the server closed the connection mid-answer", url)
+                              : fmt::format("{}: the server closed the connection without "
+                                            "answering",
+                                            url));
+    if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe)
+        return make_error(errc::io_error, fmt::format("{}: connection reset by peer", url));
+    return make_error(errc::io_error, fmt::format("{}: {}", url, ec.message()));
+}
 
-    void release() {
-        released = true;
-        if (descriptor.is_open()) (void)descriptor.release();  // cancels waits, keeps the fd
-    }
+// Reads more bytes onto `buffer`.
+asio::awaitable<asio::error_code> read_more(tcp::socket& socket, std::string& buffer) {
+    char chunk[4096];
+    asio::error_code ec;
+    const std::size_t n = co_await socket.async_read_some(
+        asio::buffer(chunk), asio::redirect_error(asio::use_awaitable, ec));
+    buffer.append(chunk, n);
+    co_return n > 0 ? asio::error_code{} : ec;
+}
 
-    curl_socket_t fd;
-    asio::posix::stream_descriptor descriptor;
-    int wanted = 0;   // what curl asked for: want_read | want_write
-    int pending = 0;  // waits in progress
-    bool released = false;
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
+    return s;
+}
+
+struct head {
+    int status = 0;
+    std::optional<std::size_t> content_length;
+    bool chunked = false;
 };
 
-std::size_t on_body(char* data, std::size_t size, std::size_t count, void* userp) {
-    auto* t = static_cast<transfer*>(userp);
-    const std::size_t n = size * count;
-    const std::size_t room = max_probe_body - std::min(max_probe_body, t->body.size());
-    t->body.append(data, std::min(n, room));
-    if (n <= room) return n;
-    // Enough for diagnostics: stop reading (curl ends with CURLE_WRITE_ERROR, seen as success).
-    t->truncated = true;
-    return 0;
+// The status line and headers of `text` (which ends before the blank line).
+std::optional<head> parse_head(std::string_view text) {
+    const auto eol = text.find("\r\n");
+    const std::string_view status_line = text.substr(0, eol);
+    if (!status_line.starts_with("HTTP/1.") || status_line.size() < 12 || status_line[8] != ' ')
+        return std::nullopt;
+    head h;
+    const auto code = status_line.substr(9, 3);
+    const auto [end, ec] = std::from_chars(code.data(), code.data() + 3, h.status);
+    if (ec != std::errc{} || end != code.data() + 3 || h.status < 100) return std::nullopt;
+    std::string_view rest = eol == std::string_view::npos ? "" : text.substr(eol + 2);
+    while (!rest.empty()) {
+        const auto line_end = rest.find("\r\n");
+        const std::string_view line = rest.substr(0, line_end);
+        rest = line_end == std::string_view::npos ? "" : rest.substr(line_end + 2);
+        const auto colon = line.find(':');
+        if (colon == std::string_view::npos) continue;
+        const auto name = trim(line.substr(0, colon));
+        const auto value = trim(line.substr(colon + 1));
+        if (iequals(name, "content-length")) {
+            std::size_t n = 0;
+            const auto [e, c] = std::from_chars(value.data(), value.data() + value.size(), n);
+            if (c != std::errc{} || e != value.data() + value.size()) return std::nullopt;
+            h.content_length = n;
+        } else if (iequals(name, "transfer-encoding")) {
+            h.chunked = value.size() >= 7 && iequals(value.substr(value.size() - 7), "chunked");
+        }
+    }
+    return h;
 }
 
-std::string errno_text(long os_errno) {
-    return std::error_code(static_cast<int>(os_errno), std::generic_category()).message();
+// Keeps up to max_probe_body bytes of the body; true when that is full and more came.
+bool keep(probe_outcome& out, std::string_view bytes) {
+    const std::size_t room = max_probe_body - std::min(max_probe_body, out.body.size());
+    out.body.append(bytes.substr(0, room));
+    if (bytes.size() > room) out.body_truncated = true;
+    return out.body_truncated;
 }
 
-error failure_of(transfer& t, CURLcode rc) {
-    const std::string detail = t.errbuf[0] != '\0' ? std::string(t.errbuf) : curl_easy_strerror(rc);
-    long os_errno = 0;
-    curl_easy_getinfo(t.easy, CURLINFO_OS_ERRNO, &os_errno);
-    switch (rc) {
-        case CURLE_COULDNT_CONNECT:
-            if (os_errno == ECONNREFUSED)
-                return make_error(errc::connect_failed,
-                                  fmt::format("{}: connection refused", t.url));
-            return make_error(errc::connect_failed,
-                              fmt::format("{}: could not connect ({})", t.url, detail));
-        case CURLE_COULDNT_RESOLVE_HOST:
-            return make_error(errc::connect_failed,
-                              fmt::format("{}: could not resolve the host ({})", t.url, detail));
-        case CURLE_OPERATION_TIMEDOUT:
-            return make_error(errc::timeout, fmt::format("{}: no answer within {} ms ({})", t.url,
-                                                         t.timeout.count(), detail));
-        case CURLE_GOT_NOTHING:
-            return make_error(
-                errc::io_error,
-                fmt::format("{}: the server closed the connection without answering", t.url));
-        case CURLE_RECV_ERROR:
-        case CURLE_SEND_ERROR:
-            if (os_errno == ECONNRESET)
-                return make_error(errc::io_error,
-                                  fmt::format("{}: connection reset by peer", t.url));
-            if (os_errno != 0)
-                return make_error(errc::io_error,
-                                  fmt::format("{}: {} ({})", t.url, errno_text(os_errno), detail));
-            return make_error(errc::io_error, fmt::format("{}: {}", t.url, detail));
-        case CURLE_UNSUPPORTED_PROTOCOL:
-        case CURLE_URL_MALFORMAT:
-            return make_error(
-                errc::invalid_argument,
-                fmt::format("{}: not a usable http or https URL ({})", t.url, detail));
-        default:
-            return make_error(errc::io_error, fmt::format("{}: {}", t.url, detail));
+// The body after the head, already partly in `buffer`: chunked, by length, or up to the close.
+asio::awaitable<result<void>> read_body(transfer& t, const head& h, std::string& buffer,
+                                        probe_outcome& out) {
+    const std::string& url = t.url;
+    if ((h.status >= 100 && h.status < 200) || h.status == 204 || h.status == 304)
+        co_return result<void>{};
+    if (h.chunked) {
+        for (;;) {
+            std::size_t eol;
+            while ((eol = buffer.find("\r\n")) == std::string::npos) {
+                if (buffer.size() > max_header)
+                    co_return fail(errc::io_error, fmt::format("{}: a bad chunk header", url));
+                if (auto ec = co_await read_more(t.socket, buffer))
+                    co_return fail(read_failure(url, ec, true));
+            }
+            std::size_t size = 0;
+            const auto [end, ec] = std::from_chars(buffer.data(), buffer.data() + eol, size, 16);
+            if (ec != std::errc{} || end == buffer.data())
+                co_return fail(errc::io_error, fmt::format("{}: a bad chunk header", url));
+            if (size == 0) co_return result<void>{};  // trailers are not needed
+            buffer.erase(0, eol + 2);
+            while (buffer.size() < size + 2 && buffer.size() <= max_probe_body) {
+                if (auto rec = co_await read_more(t.socket, buffer))
+                    co_return fail(read_failure(url, rec, true));
+            }
+            if (keep(out, std::string_view(buffer).substr(0, size))) co_return result<void>{};
+            buffer.erase(0, size + 2);
+        }
+    }
+    if (h.content_length) {
+        const std::size_t wanted = std::min(*h.content_length, max_probe_body);
+        while (buffer.size() < wanted) {
+            if (auto ec = co_await read_more(t.socket, buffer))
+                co_return fail(read_failure(url, ec, true));
+        }
+        out.body = buffer.substr(0, wanted);
+        out.body_truncated = *h.content_length > max_probe_body;
+        co_return result<void>{};
+    }
+    for (;;) {
+        if (keep(out, buffer)) co_return result<void>{};
+        buffer.clear();
+        if (auto ec = co_await read_more(t.socket, buffer)) {
+            if (ec == asio::error::eof) co_return result<void>{};
+            co_return fail(read_failure(url, ec, true));
+        }
     }
 }
 
-result<probe_outcome> outcome_of(transfer& t, CURLcode rc) {
-    if (rc != CURLE_OK && (rc != CURLE_WRITE_ERROR || !t.truncated))
-        return std::unexpected(failure_of(t, rc));
-    long status = 0;
-    curl_off_t micros = 0;
-    curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(t.easy, CURLINFO_TOTAL_TIME_T, &micros);
-    probe_outcome out;
-    out.status = static_cast<int>(status);
-    out.total_time = std::chrono::microseconds(micros);
-    out.body = std::move(t.body);
-    out.body_truncated = t.truncated;
-    return out;
+asio::awaitable<result<probe_outcome>> exchange(transfer& t, const target& to) {
+    const auto t0 = std::chrono::steady_clock::now();
+    asio::error_code ec;
+    std::vector<tcp::endpoint> endpoints;
+    if (auto address = asio::ip::make_address(to.host, ec); !ec) {
+        endpoints.emplace_back(address, to.port_number);
+    } else {
+        ec = {};
+        auto found = co_await t.resolver.async_resolve(
+            to.host, to.port, asio::redirect_error(asio::use_awaitable, ec));
+        if (ec)
+            co_return fail(errc::connect_failed,
+                           fmt::format("{}: could not resolve the host ({})", t.url, ec.message()));
+        for (const auto& e : found)
+            endpoints.push_back(e.endpoint());
+    }
+    co_await asio::async_connect(t.socket, endpoints,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::connection_refused)
+        co_return fail(errc::connect_failed, fmt::format("{}: connection refused", t.url));
+    if (ec)
+        co_return fail(errc::connect_failed,
+                       fmt::format("{}: could not connect ({})", t.url, ec.message()));
+
+    const std::string request = fmt::format(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stackemu-probe\r\nAccept: */*\r\n"
+        "Connection: close\r\n\r\n",
+        to.path, to.authority);
+    co_await asio::async_write(t.socket, asio::buffer(request),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return fail(read_failure(t.url, ec, false));
+
+    std::string buffer;
+    for (;;) {  // informational (1xx) heads come before the answer's
+        std::size_t end;
+        while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
+            if (buffer.size() > max_header)
+                co_return fail(errc::io_error, fmt::format("{}: the answer's head is longer than "
+                                                           "{} KiB",
+                                                           t.url, max_header / 1024));
+            if (auto rec = co_await read_more(t.socket, buffer))
+                co_return fail(read_failure(t.url, rec, !buffer.empty()));
+        }
+        const auto h = parse_head(std::string_view(buffer).substr(0, end));
+        if (!h) {
+            const auto first =
+                std::string_view(buffer).substr(0, std::min<std::size_t>(buffer.find('\r'), 80));
+            co_return fail(errc::io_error, fmt::format("{}: not an HTTP answer: {}", t.url, first));
+        }
+        buffer.erase(0, end + 4);
+        if (h->status < 200) continue;
+        probe_outcome out;
+        out.status = h->status;
+        if (auto body = co_await read_body(t, *h, buffer, out); !body) co_return fail(body.error());
+        out.total_time = std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::steady_clock::now() - t0);
+        co_return out;
+    }
 }
 
 }  // namespace
 
 class prober_state : public std::enable_shared_from_this<prober_state> {
   public:
-    explicit prober_state(asio::any_io_executor ex)
-        : executor_(std::move(ex)), multi_(new_multi()), timer_(executor_) {
-        if (!multi_) return;
-        curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &prober_state::on_socket);
-        curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
-        curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &prober_state::on_timer);
-        curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
-    }
+    explicit prober_state(asio::any_io_executor ex) : executor_(std::move(ex)) {}
     prober_state(const prober_state&) = delete;
     prober_state& operator=(const prober_state&) = delete;
     ~prober_state() { shutdown(); }
@@ -172,194 +318,50 @@ class prober_state : public std::enable_shared_from_this<prober_state> {
     bool closed() const { return closed_; }
     std::size_t in_flight() const { return transfers_.size(); }
 
-    static result<void> configure(transfer& t) {
-        if (!t.easy) return fail(errc::internal, fmt::format("{}: curl_easy_init failed", t.url));
-        CURL* e = t.easy;
-        const long ms = static_cast<long>(t.timeout.count());
-        const CURLcode codes[] = {
-            curl_easy_setopt(e, CURLOPT_URL, t.url.c_str()),
-            curl_easy_setopt(e, CURLOPT_HTTPGET, 1L),
-            curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L),
-            curl_easy_setopt(e, CURLOPT_NOPROXY, "*"),
-            curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L),
-            curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"),
-            curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https"),
-            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms),
-            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms),
-            // Every probe sees the server as it is now, not a kept-alive connection.
-            curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L),
-            curl_easy_setopt(e, CURLOPT_USERAGENT, "stackemu-probe"),
-            curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body),
-            curl_easy_setopt(e, CURLOPT_WRITEDATA, &t),
-            curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.errbuf),
-        };
-        for (CURLcode c : codes) {
-            if (c != CURLE_OK)
-                return fail(errc::internal,
-                            fmt::format("{}: curl_easy_setopt: {}", t.url, curl_easy_strerror(c)));
-        }
-        return {};
-    }
-
-    result<void> attach(const std::shared_ptr<transfer>& t) {
+    result<void> attach(const std::shared_ptr<transfer>& t, target to) {
         if (closed_)
             return fail(errc::cancelled, fmt::format("GET {}: the prober is closed", t->url));
-        if (!multi_) return fail(errc::internal, fmt::format("{}: curl_multi_init failed", t->url));
-        transfers_.emplace(t->easy, t);
+        transfers_.emplace(t.get(), t);
         t->attached = true;
-        const CURLMcode mc = curl_multi_add_handle(multi_, t->easy);
-        if (mc != CURLM_OK) {
-            transfers_.erase(t->easy);
-            t->attached = false;
-            return fail(errc::internal, fmt::format("{}: curl_multi_add_handle: {}", t->url,
-                                                    curl_multi_strerror(mc)));
-        }
+        asio::co_spawn(executor_, run(weak_from_this(), t, std::move(to)), asio::detached);
         return {};
     }
 
     // Removes a transfer that has not completed (cancelled, timed out, or its awaiter gone).
-    // Never called from inside a curl callback.
     void detach(transfer& t) {
         if (!t.attached) return;
         t.attached = false;
-        transfers_.erase(t.easy);
-        if (multi_ && !closed_) curl_multi_remove_handle(multi_, t.easy);
+        transfers_.erase(&t);
+        t.stop_io();
     }
 
-    // Ends every transfer with errc::cancelled, gives all sockets back to curl, which closes
-    // them in curl_multi_cleanup. Idempotent.
+    // Ends every transfer with errc::cancelled and closes its connection. Idempotent.
     void shutdown() {
         if (closed_) return;
-        closed_ = true;  // curl callbacks from here on are ignored
+        closed_ = true;
         auto transfers = std::move(transfers_);
         transfers_.clear();
-        for (auto& [easy, t] : transfers) {
-            if (multi_) curl_multi_remove_handle(multi_, easy);
+        for (auto& [key, t] : transfers) {
             t->attached = false;
             t->outcome = fail(errc::cancelled,
                               fmt::format("GET {} was cancelled: the prober was closed", t->url));
+            t->stop_io();
             t->wake.cancel();
         }
-        for (auto& [fd, w] : sockets_)
-            w->release();
-        sockets_.clear();
-        timer_.cancel();
-        if (multi_) curl_multi_cleanup(multi_);
-        multi_ = nullptr;
     }
 
   private:
-    static int on_socket(CURL*, curl_socket_t s, int what, void* userp, void*) {
-        auto* self = static_cast<prober_state*>(userp);
-        if (self->closed_) return 0;
-        if (what == CURL_POLL_REMOVE) {
-            self->forget(s);
-            return 0;
-        }
-        auto& w = self->sockets_[s];
-        if (!w) {
-            w = std::make_shared<socket_watch>(self->executor_, s);
-            asio::error_code ec;
-            w->descriptor.assign(s, ec);
-            if (ec) {
-                self->forget(s);
-                return -1;  // curl fails the transfers on this socket
-            }
-        }
-        w->wanted =
-            ((what & CURL_POLL_IN) ? want_read : 0) | ((what & CURL_POLL_OUT) ? want_write : 0);
-        self->arm(w);
-        return 0;
-    }
-
-    static int on_timer(CURLM*, long timeout_ms, void* userp) {
-        auto* self = static_cast<prober_state*>(userp);
-        if (self->closed_) return 0;
-        const std::uint64_t generation = ++self->timer_generation_;
-        if (timeout_ms < 0) {
-            self->timer_.cancel();
-            return 0;
-        }
-        // Not called from here: curl wants socket_action after its callback returns.
-        self->timer_.expires_after(milliseconds(timeout_ms));
-        self->timer_.async_wait(
-            [weak = self->weak_from_this(), generation](const asio::error_code& ec) {
-                if (ec) return;
-                auto s = weak.lock();
-                if (!s || s->closed_ || s->timer_generation_ != generation) return;
-                s->on_timeout();
-            });
-        return 0;
-    }
-
-    void forget(curl_socket_t s) {
-        auto it = sockets_.find(s);
-        if (it == sockets_.end()) return;
-        it->second->release();
-        sockets_.erase(it);
-    }
-
-    void arm(const std::shared_ptr<socket_watch>& w) {
-        for (const int direction : {want_read, want_write}) {
-            if (!(w->wanted & direction) || (w->pending & direction)) continue;
-            w->pending |= direction;
-            const auto wait = direction == want_read ? asio::posix::stream_descriptor::wait_read
-                                                     : asio::posix::stream_descriptor::wait_write;
-            w->descriptor.async_wait(
-                wait, [weak = weak_from_this(), w, direction](const asio::error_code& ec) {
-                    w->pending &= ~direction;
-                    if (auto s = weak.lock()) s->on_ready(w, direction, ec);
-                });
-        }
-    }
-
-    void on_ready(const std::shared_ptr<socket_watch>& w, int direction,
-                  const asio::error_code& ec) {
-        if (ec == asio::error::operation_aborted || w->released || closed_) return;
-        if (!(w->wanted & direction)) return;  // curl changed its mind meanwhile
-        const int flags =
-            ec ? CURL_CSELECT_ERR : (direction == want_read ? CURL_CSELECT_IN : CURL_CSELECT_OUT);
-        int running = 0;
-        curl_multi_socket_action(multi_, w->fd, flags, &running);
-        complete_finished();
-        // After an error curl closes or reports the socket; waiting again would spin.
-        if (!ec && !w->released && !closed_) arm(w);
-    }
-
-    void on_timeout() {
-        int running = 0;
-        curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
-        complete_finished();
-    }
-
-    void complete_finished() {
-        int left = 0;
-        while (!closed_) {
-            CURLMsg* msg = curl_multi_info_read(multi_, &left);
-            if (!msg) break;
-            if (msg->msg != CURLMSG_DONE) continue;
-            CURL* easy = msg->easy_handle;
-            const CURLcode rc = msg->data.result;  // msg is invalid after remove_handle
-            auto it = transfers_.find(easy);
-            if (it == transfers_.end()) {
-                curl_multi_remove_handle(multi_, easy);
-                continue;
-            }
-            auto t = it->second;
-            transfers_.erase(it);
-            t->outcome = outcome_of(*t, rc);
-            t->attached = false;
-            curl_multi_remove_handle(multi_, easy);
-            t->wake.cancel();
-        }
+    static asio::awaitable<void> run(std::weak_ptr<prober_state> weak, std::shared_ptr<transfer> t,
+                                     target to) {
+        auto answer = co_await exchange(*t, to);
+        if (!t->attached) co_return;  // timed out, cancelled or the prober closed meanwhile
+        t->outcome = std::move(answer);
+        if (auto s = weak.lock()) s->detach(*t);  // closes the connection: Connection: close
+        t->wake.cancel();
     }
 
     asio::any_io_executor executor_;
-    CURLM* multi_ = nullptr;
-    asio::steady_timer timer_;
-    std::uint64_t timer_generation_ = 0;
-    std::unordered_map<curl_socket_t, std::shared_ptr<socket_watch>> sockets_;
-    std::unordered_map<CURL*, std::shared_ptr<transfer>> transfers_;
+    std::unordered_map<transfer*, std::shared_ptr<transfer>> transfers_;
     bool closed_ = false;
 };
 
@@ -387,14 +389,14 @@ asio::awaitable<result<probe_outcome>> perform_get(std::shared_ptr<prober_state>
             fmt::format("{}: probe timeout must be positive, not {} ms", url, timeout.count()));
     if (state->closed())
         co_return fail(errc::cancelled, fmt::format("GET {}: the prober is closed", url));
+    auto to = parse_url(url);
+    if (!to) co_return fail(to.error());
 
     auto t = std::make_shared<transfer>(state->executor(), std::move(url), timeout);
-    if (auto configured = detail::prober_state::configure(*t); !configured)
-        co_return fail(configured.error());
-    if (auto added = state->attach(t); !added) co_return fail(added.error());
+    if (auto added = state->attach(t, std::move(*to)); !added) co_return fail(added.error());
     attachment guard(state, t);
 
-    t->wake.expires_after(timeout + backstop_grace);
+    t->wake.expires_after(timeout);
     asio::error_code ec;
     co_await t->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (t->outcome) co_return std::move(*t->outcome);

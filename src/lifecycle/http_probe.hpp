@@ -1,4 +1,4 @@
-// Event-driven HTTP readiness probes: libcurl's multi interface driven by Asio, no threads.
+// Event-driven HTTP readiness probes: plain HTTP/1.1 GETs on Asio, no threads.
 #pragma once
 
 #include <asio/any_io_executor.hpp>
@@ -17,7 +17,7 @@ inline constexpr std::size_t max_probe_body = 4096;  // bytes of the body kept f
 // One answer to a GET, whatever its status.
 struct probe_outcome {
     int status = 0;                          // the HTTP status code
-    std::chrono::microseconds total_time{};  // curl's total time, connect to last byte
+    std::chrono::microseconds total_time{};  // from the start (resolve, connect) to the last byte
     std::string body;                        // the first max_probe_body bytes
     bool body_truncated = false;             // the body was longer; the rest was not read
 };
@@ -35,11 +35,11 @@ namespace detail {
 class prober_state;
 }
 
-// Drives many concurrent GETs on one executor with curl_multi_socket_action: curl's sockets
-// are watched by Asio (never owned: curl opens and closes them) and curl's timer is an Asio
-// timer. The executor must not run handlers concurrently (one-threaded io_context or a
-// strand), and callers must await on it. Requests use no proxy and no signals, follow no
-// redirects and speak only http and https. Destroy the prober before its io_context.
+// Drives many concurrent GETs on one executor, each a coroutine with its own connection.
+// The executor must not run handlers concurrently (one-threaded io_context or a strand), and
+// callers must await on it. Requests go straight to the host (no proxy), follow no redirects
+// and speak plain http only (probes reach the guest through loopback port forwards; an
+// https URL is invalid_argument). Destroy the prober before its io_context.
 class http_prober {
   public:
     explicit http_prober(asio::any_io_executor executor);
@@ -64,7 +64,7 @@ class http_prober {
                                                std::chrono::steady_clock::time_point deadline,
                                                probe_backoff backoff = {});
 
-    // Transfers currently added to curl (diagnostics and tests).
+    // Transfers in progress (diagnostics and tests).
     std::size_t in_flight() const;
     asio::any_io_executor get_executor() const;
 

@@ -37,6 +37,7 @@ struct server_config {
     int status = 200;
     std::string body = "ok";
     std::string extra_headers;  // e.g. "Location: /elsewhere\r\n"
+    std::string raw;            // when set, the whole answer as sent (status line and all)
     int failures_first = 0;     // this many connections first get `failure` instead
     reply failure = reply::answer;
     int failure_status = 503;
@@ -91,10 +92,14 @@ asio::awaitable<void> serve_one(std::shared_ptr<server_state> s, tcp::socket soc
     }
     const int status = failing ? s->config.failure_status : s->config.status;
     const std::string body = failing ? std::string("down") : s->config.body;
-    std::string response = fmt::format(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}Connection: "
-        "close\r\n\r\n{}",
-        status, reason(status), body.size(), s->config.extra_headers, body);
+    std::string response =
+        !s->config.raw.empty()
+            ? s->config.raw
+            : fmt::format(
+                  "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: "
+                  "{}\r\n{}Connection: "
+                  "close\r\n\r\n{}",
+                  status, reason(status), body.size(), s->config.extra_headers, body);
     auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(response), as_tuple_awaitable);
     if (wec) co_return;
     asio::error_code ignored;
@@ -338,6 +343,66 @@ TEST_CASE("only http and https URLs are probed") {
     REQUIRE_FALSE(zero);
     CHECK(zero.error().code == errc::invalid_argument);
     CHECK(r.prober->in_flight() == 0);
+}
+
+TEST_CASE("an https URL is refused: probes speak plain HTTP to forwarded ports") {
+    rig r;
+    auto answer = r.run(r.prober->get("https://127.0.0.1:1/health", 2000ms));
+    REQUIRE_FALSE(answer);
+    CHECK(answer.error().code == errc::invalid_argument);
+    CHECK(contains(answer.error().message, "https://127.0.0.1:1/health: not a usable http URL"));
+    CHECK(r.prober->in_flight() == 0);
+}
+
+TEST_CASE("a chunked body is decoded") {
+    rig r;
+    server_config config;
+    config.raw =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+        "chunked\r\n\r\n4\r\nheal\r\n3;x=y\r\nthy\r\n0\r\n\r\n";
+    test_server server(r.ctx, config);
+    auto answer = r.run(r.prober->get(server.url(), 10000ms));
+    REQUIRE_OK(answer);
+    CHECK(answer->status == 200);
+    CHECK(answer->body == "healthy");
+    CHECK_FALSE(answer->body_truncated);
+}
+
+TEST_CASE("a body without a length is read up to the close, after an interim 100") {
+    rig r;
+    server_config config;
+    config.raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 503 Service Unavailable\r\n\r\nnot yet";
+    test_server server(r.ctx, config);
+    auto answer = r.run(r.prober->get(server.url(), 10000ms));
+    REQUIRE_OK(answer);
+    CHECK(answer->status == 503);
+    CHECK(answer->body == "not yet");
+}
+
+TEST_CASE("an answer that is not HTTP is an io_error naming the URL") {
+    rig r;
+    server_config config;
+    config.raw = "SSH-2.0-OpenSSH_9.2\r\n\r\n";
+    test_server server(r.ctx, config);
+    auto answer = r.run(r.prober->get(server.url(), 10000ms));
+    REQUIRE_FALSE(answer);
+    CHECK(answer.error().code == errc::io_error);
+    CHECK(answer.error().message == server.url() + ": not an HTTP answer: SSH-2.0-OpenSSH_9.2");
+}
+
+TEST_CASE("a chunked body over 4 KiB keeps its first 4 KiB") {
+    rig r;
+    server_config config;
+    const std::string chunk(3000, 'x');
+    config.raw = fmt::format(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+        "chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        chunk.size(), chunk, chunk.size(), chunk);
+    test_server server(r.ctx, config);
+    auto answer = r.run(r.prober->get(server.url(), 10000ms));
+    REQUIRE_OK(answer);
+    CHECK(answer->body == std::string(max_probe_body, 'x'));
+    CHECK(answer->body_truncated);
 }
 
 TEST_CASE("twenty concurrent probes all complete") {
