@@ -49,6 +49,16 @@ std::vector<json> ids_sent(const test::peer_outcome& peer) {
     return ids;
 }
 
+// The handshake, then `n` query-status commands, each answered "running".
+script status_replies(int n) {
+    script s;
+    s.handshake();
+    for (int i = 0; i < n; ++i)
+        s.expect("query-status").reply({{"status", "running"}, {"running", true}});
+    s.hold();
+    return s;
+}
+
 client_options fast() {
     client_options o;
     o.greeting_timeout = 2000ms;
@@ -537,12 +547,7 @@ TEST_CASE("a caller's cancellation ends execute with errc::cancelled and keeps t
 
 TEST_CASE("at most eight commands are unanswered at any time; the rest queue") {
     conversation t;
-    script s;
-    s.handshake();
-    for (int i = 0; i < 20; ++i)
-        s.expect("query-status").reply({{"status", "running"}, {"running", true}});
-    s.hold();
-    auto sock = t.start(std::move(s));
+    auto sock = t.start(status_replies(20));
     int outstanding = 0, worst = 0;
     bool negotiated = false;
     auto options = fast();
@@ -656,12 +661,7 @@ TEST_CASE("invalid UTF-8 ends the session with a cause that names the offset and
 
 TEST_CASE("sequential commands all use id 0: ids do not grow with a connection's age") {
     conversation t;
-    script s;
-    s.handshake();
-    for (int i = 0; i < 1000; ++i)
-        s.expect("query-status").reply({{"status", "running"}, {"running", true}});
-    s.hold();
-    auto sock = t.start(std::move(s));
+    auto sock = t.start(status_replies(1000));
     std::size_t longest = 0;
     auto options = fast();
     options.trace = [&](bool outgoing, std::string_view text) {
