@@ -4,6 +4,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "lifecycle/instance_paths.hpp"
@@ -16,6 +17,8 @@ void write_state(const instance_paths& paths, const nlohmann::json& state);
 // Merges `changes` into state.json (atomically replaced).
 void update_state(const instance_paths& paths, const nlohmann::json& changes);
 void append_event(const instance_paths& paths, const nlohmann::json& record);
+// Appends several records with one write().
+void append_events(const instance_paths& paths, std::span<const nlohmann::json> records);
 std::string now_iso8601();
 double ms_since(std::chrono::steady_clock::time_point t0);
 // Removes socket files a dead QEMU left behind (a clean QEMU removes its own).

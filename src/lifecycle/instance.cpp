@@ -102,11 +102,17 @@ void update_state(const instance_paths& paths, const json& changes) {
 }
 
 void append_event(const instance_paths& paths, const json& record) {
-    // One write() per record with O_APPEND: concurrent writers never interleave inside a line.
+    append_events(paths, std::span(&record, 1));
+}
+
+void append_events(const instance_paths& paths, std::span<const json> records) {
+    // One write() per batch with O_APPEND: concurrent writers never interleave inside a line.
     const int fd = ::open(paths.events.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return;
-    const std::string line = record.dump() + "\n";
-    (void)!::write(fd, line.data(), line.size());
+    std::string lines;
+    for (const auto& record : records)
+        lines += record.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    (void)!::write(fd, lines.data(), lines.size());
     ::close(fd);
 }
 

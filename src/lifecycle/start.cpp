@@ -299,14 +299,18 @@ asio::awaitable<void> watch_events(std::shared_ptr<start_run> run, qmp::event_su
         auto ev = co_await events.next(24h);
         if (!ev) {
             if (ev.error().code == errc::timeout) continue;
+            const auto code = ev.error().code;
+            if (code == errc::protocol_error || code == errc::message_too_large) {
+                // The client ended the session itself: say why, not "QEMU closed" (issue 16.4).
+                run->failure = report_failure{cause::monitor_failed, ev.error().what()};
+                run->finish();
+                co_return;
+            }
             qmp_eof eof{false};
             run->feed(eof);
             co_return;
         }
-        detail::append_event(run->paths, json{{"event", ev->name},
-                                              {"data", ev->data},
-                                              {"seconds", ev->seconds},
-                                              {"microseconds", ev->microseconds}});
+        // events.jsonl is written by the connection's event_log, this only drives the machine.
         qmp_event input{ev->name, ev->data};
         run->feed(input);
     }
@@ -653,6 +657,11 @@ asio::awaitable<result<attempt_result>> launch_and_wait(launch_plan plan, bool t
                                          {"ready_at", detail::now_iso8601()},
                                          {"ready_ms", out.total_ms},
                                          {"failure", nullptr}});
+        // A round trip first: its reply follows every event QEMU sent before it, so the event
+        // log holds all of them before the connection closes (issue 17). Bounded short: a
+        // monitor that wedges now must not hold up a verdict that is already in.
+        (void)co_await vm->qmp->execute("query-status", json::object(), 1000ms);
+        vm->log->flush();
         detail::append_event(paths, json{{"record", "ready"}, {"at", detail::now_iso8601()}});
         vm->qmp->close();
         co_return result_of_attempt;

@@ -379,6 +379,8 @@ std::string_view to_string(cause c) {
             return "launch_requested";
         case cause::launch_failed:
             return "launch_failed";
+        case cause::monitor_failed:
+            return "monitor_failed";
         case cause::qmp_connected:
             return "qmp_connected";
         case cause::failure_marker:

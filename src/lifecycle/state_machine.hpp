@@ -34,6 +34,7 @@ enum class cause {
     failure_marker,    // the guest printed a failure marker line
     guest_panicked,    // GUEST_PANICKED (pvpanic)
     qemu_exited,       // process exit or QMP EOF without a SHUTDOWN event first
+    monitor_failed,    // QMP broke the protocol (a malformed message): the session was ended
     deadline,          // a start deadline passed
     readiness,         // one readiness condition was met, not all yet
     ready,             // all readiness conditions met

@@ -130,10 +130,6 @@ asio::awaitable<stop_outcome> run_ladder(ladder_inputs in) {
             if (shutdown) {
                 shutdown_seen = true;
                 guest_clean = shutdown->data.value("guest", false);
-                append_event(in.paths, json{{"event", shutdown->name},
-                                            {"data", shutdown->data},
-                                            {"seconds", shutdown->seconds},
-                                            {"microseconds", shutdown->microseconds}});
             }
             // EOF (disconnected) without SHUTDOWN still means the process may be going.
             bool exited =
@@ -233,6 +229,7 @@ asio::awaitable<result<connected_vm>> connect_monitor(instance_paths paths,
     connected_vm vm;
     vm.qmp = std::make_unique<qmp::client>(std::move(*c));
     vm.process = std::make_unique<verified_process>(std::move(*proc));
+    vm.log = std::make_unique<event_log>(*vm.qmp, paths);
     co_return vm;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "lifecycle/controller.hpp"
+#include "lifecycle/event_log.hpp"
 #include "qmp/client.hpp"
 
 namespace stackemu::lifecycle {
@@ -22,6 +23,7 @@ namespace stackemu::lifecycle::detail {
 struct connected_vm {
     std::unique_ptr<qmp::client> qmp;
     std::unique_ptr<verified_process> process;
+    std::unique_ptr<event_log> log;  // events.jsonl while this connection is held
     connected_vm();
     connected_vm(connected_vm&&) noexcept;
     connected_vm& operator=(connected_vm&&) noexcept;

@@ -105,9 +105,8 @@ asio::awaitable<result<json>> session::execute(std::string name, json arguments,
                        fmt::format("{} commands already wait to be sent to QEMU", waiting_.size()));
 
     auto req = std::make_shared<request_state>(socket_.get_executor());
-    req->id = next_id_++;
     req->name = name;
-    req->bytes = encode_command(name, arguments, req->id);
+    req->arguments = std::move(arguments);
     if (waiting_.empty() && slots_used() < options_.max_in_flight)
         send(req);
     else
@@ -134,7 +133,16 @@ asio::awaitable<result<json>> session::execute(std::string name, json arguments,
                    fmt::format("QEMU did not answer {} within {} ms", name, limit.count()));
 }
 
+std::uint64_t session::smallest_free_id() const {
+    std::uint64_t id = 0;
+    while (in_flight_.contains(id) || abandoned_ids_.contains(id))
+        ++id;
+    return id;
+}
+
 void session::send(const std::shared_ptr<request_state>& req) {
+    req->id = smallest_free_id();
+    req->bytes = encode_command_compact(req->name, req->arguments, req->id);
     req->sent = true;
     in_flight_.emplace(req->id, req);
     ++stats_.commands_sent;
@@ -215,8 +223,11 @@ asio::awaitable<void> session::reader() {
             }
             if (!*next) break;
             if (options_.trace) options_.trace(false, **next);
-            auto msg = parse_message(**next);
+            auto msg = parse_message(**next, framer_.message_offset());
             if (!msg) {
+                // Ended, not skipped: the bad text may be a reply (its command would then wait
+                // out its whole timeout) or a state event, and a peer that writes broken JSON
+                // has lost our trust. Ending fails every waiter at once with this cause.
                 end(msg.error());
                 co_return;
             }
@@ -291,18 +302,27 @@ void session::deliver(event&& ev) {
         auto sub = weak.lock();
         if (!sub->filter.matches(ev.name)) continue;
         if (sub->queue.size() >= sub->capacity) {
-            sub->queue.pop_front();
-            ++sub->dropped;
+            // A burst of repeatable events (BLOCK_IO_ERROR...) must not push out a panic
+            // queued before it (issue 16, finding 3): the oldest repeatable one goes.
+            auto victim = std::ranges::find_if(
+                sub->queue, [](const event& queued) { return !is_state_event(queued.name); });
+            if (victim != sub->queue.end()) {
+                sub->queue.erase(victim);
+                ++sub->dropped;
+            } else if (!is_state_event(ev.name)) {
+                ++sub->dropped;  // only state events are queued: they outrank this one
+                continue;
+            }
         }
         sub->queue.push_back(ev);
         sub->wake.cancel();
     }
 }
 
-event_subscription session::subscribe(event_filter filter) {
+event_subscription session::subscribe(event_filter filter, std::size_t capacity) {
     auto state = std::make_shared<subscription_state>(
         socket_.get_executor(), std::move(filter),
-        std::max<std::size_t>(1, options_.event_queue_capacity));
+        std::max<std::size_t>(1, capacity != 0 ? capacity : options_.event_queue_capacity));
     if (end_) state->ended = end_;
     subscribers_.push_back(state);
     return event_subscription(state);
@@ -476,9 +496,14 @@ asio::awaitable<result<json>> client::execute(std::string_view name, json argume
     return session_->execute(std::string(name), std::move(arguments), timeout);
 }
 
-event_subscription client::subscribe(event_filter filter) {
+event_subscription client::subscribe(event_filter filter, std::size_t capacity) {
     if (!session_) throw std::logic_error("subscribe() on a QMP client that was never connected");
-    return session_->subscribe(std::move(filter));
+    return session_->subscribe(std::move(filter), capacity);
+}
+
+asio::any_io_executor client::executor() const {
+    if (!session_) throw std::logic_error("executor() on a QMP client that was never connected");
+    return session_->executor();
 }
 
 namespace {
@@ -490,7 +515,7 @@ asio::awaitable<result<event>> execute_then_wait(std::shared_ptr<detail::session
                                                  std::function<bool(const event&)> pred,
                                                  milliseconds timeout) {
     if (!s) co_return fail(errc::closed, "this QMP client is not connected");
-    auto sub = s->subscribe(event_filter{{std::move(event_name)}});
+    auto sub = s->subscribe(event_filter{{std::move(event_name)}}, 0);
     const auto start = std::chrono::steady_clock::now();
     auto reply = co_await s->execute(std::move(name), std::move(arguments), timeout);
     if (!reply) co_return fail(reply.error());

@@ -59,9 +59,11 @@ class session;
 struct subscription_state;
 }  // namespace detail
 
-// A bounded queue of events. Overflow policy: when the queue is full, the *oldest* queued
-// event is discarded and counted in dropped(); the newest is always kept, so a waiter for a
-// final event (SHUTDOWN, a job's `concluded`) never misses it.
+// A bounded queue of events. Overflow policy: state events (is_state_event: SHUTDOWN,
+// GUEST_PANICKED, RESET, STOP, RESUME...) are never discarded. When the queue is full, the
+// *oldest* queued repeatable event is discarded and counted in dropped(); a new event is kept
+// too, so a waiter for a final event (SHUTDOWN, a job's `concluded`) never misses it, unless
+// the queue holds only state events and the new one is repeatable (then it is the one counted).
 class event_subscription {
   public:
     event_subscription(event_subscription&&) noexcept;
@@ -110,7 +112,8 @@ class client {
                                           std::optional<milliseconds> timeout = std::nullopt);
 
     // Subscribes before anything is sent, so an event caused by a later command is never lost.
-    event_subscription subscribe(event_filter filter = {});
+    // `capacity` 0 is client_options::event_queue_capacity.
+    event_subscription subscribe(event_filter filter = {}, std::size_t capacity = 0);
 
     // Subscribes to `event_name`, sends the command, then waits for an event of that name that
     // satisfies `pred` (any, if empty), all within `timeout`. E.g. system_powerdown -> POWERDOWN.
@@ -127,6 +130,8 @@ class client {
     // QEMU without a PID file.
     std::optional<pid_t> peer_pid() const;
     const client_stats& stats() const;
+    // The connection's executor (the io_context it runs on); throws on a client never connected.
+    asio::any_io_executor executor() const;
     // Closes the connection: pending commands fail with errc::closed.
     void close();
 

@@ -19,6 +19,16 @@ std::string describe_byte(char c) {
 
 }  // namespace
 
+error malformed_message(std::uint64_t offset, std::string_view from_there, std::string_view why) {
+    std::string hex;
+    for (char c : from_there.substr(0, 16))
+        hex += fmt::format("{}{:02x}", hex.empty() ? "" : " ", static_cast<unsigned char>(c));
+    if (from_there.size() > 16) hex += " ...";
+    return make_error(errc::protocol_error,
+                      fmt::format("malformed message from QEMU at byte offset {}: {}{}{}{}", offset,
+                                  hex, why.empty() ? "" : " (", why, why.empty() ? "" : ")"));
+}
+
 framer::framer(std::size_t max_message_bytes) : max_message_(max_message_bytes) {
 }
 
@@ -26,6 +36,7 @@ void framer::feed(std::string_view bytes) {
     // Drop what was consumed once it is at least half the buffer: amortised O(1) per byte.
     if (consumed_ > 0 && consumed_ * 2 >= buffer_.size()) {
         buffer_.erase(0, consumed_);
+        base_ += consumed_;
         scan_ -= consumed_;
         consumed_ = 0;
     }
@@ -35,6 +46,7 @@ void framer::feed(std::string_view bytes) {
 void framer::reset() {
     buffer_.clear();
     consumed_ = scan_ = depth_ = 0;
+    base_ = message_offset_ = 0;
     in_message_ = in_string_ = escaped_ = false;
     error_.reset();
 }
@@ -50,9 +62,10 @@ result<std::optional<std::string_view>> framer::next() {
                 continue;
             }
             if (c != '{') {
-                error_ = make_error(
-                    errc::protocol_error,
-                    fmt::format("expected a JSON object from the peer, got {}", describe_byte(c)));
+                // Every QMP message is an object: anything else is not QMP at all.
+                error_ = malformed_message(
+                    base_ + scan_, std::string_view(buffer_).substr(scan_),
+                    fmt::format("expected a JSON object, got {}", describe_byte(c)));
                 return fail(*error_);
             }
             in_message_ = true;
@@ -83,6 +96,7 @@ result<std::optional<std::string_view>> framer::next() {
         } else if (c == '}' || c == ']') {
             if (--depth_ == 0) {
                 std::string_view message(buffer_.data() + consumed_, scan_ - consumed_);
+                message_offset_ = base_ + consumed_;
                 consumed_ = scan_;
                 in_message_ = false;
                 return std::optional<std::string_view>(message);

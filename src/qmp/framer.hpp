@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,6 +15,10 @@ namespace stackemu::qmp {
 // limit is wrong and the cap must be large but finite (qmp.md, "Framing").
 inline constexpr std::size_t default_max_message = 64u << 20;
 inline constexpr std::size_t max_nesting = 1024;
+
+// "malformed message from QEMU at byte offset N: <hex of up to 16 bytes from there> (why)".
+error malformed_message(std::uint64_t offset, std::string_view from_there,
+                        std::string_view why = {});
 
 // Sans-io: bytes in, whole messages out. Each input byte is examined once (linear time):
 // the scan position survives across feed() calls, and consumed bytes are dropped lazily.
@@ -30,6 +35,9 @@ class framer {
     // bytes are needed. Errors are fatal: once one is returned, every later call returns it.
     result<std::optional<std::string_view>> next();
 
+    // Where in the whole stream (bytes fed since construction or reset) the message last
+    // returned by next() begins: error messages name offsets in the stream.
+    std::uint64_t message_offset() const { return message_offset_; }
     // Bytes held that belong to no complete message yet.
     std::size_t buffered() const { return buffer_.size() - consumed_; }
     // Forgets all state, including a previous error (QGA resynchronisation).
@@ -37,6 +45,8 @@ class framer {
 
   private:
     std::string buffer_;
+    std::uint64_t base_ = 0;  // stream offset of buffer_[0]
+    std::uint64_t message_offset_ = 0;
     std::size_t consumed_ = 0;  // bytes before this belong to messages already returned
     std::size_t scan_ = 0;      // next byte to examine
     std::size_t depth_ = 0;

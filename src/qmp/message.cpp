@@ -4,7 +4,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <limits>
+
+#include "qmp/framer.hpp"
 
 namespace stackemu::qmp {
 
@@ -66,6 +69,13 @@ std::optional<json> id_of(const json& msg) {
 
 }  // namespace
 
+bool is_state_event(std::string_view name) {
+    static constexpr std::array<std::string_view, 9> state_events{
+        "SHUTDOWN", "GUEST_PANICKED", "GUEST_CRASHLOADED", "RESET", "STOP",
+        "RESUME",   "POWERDOWN",      "SUSPEND",           "WAKEUP"};
+    return std::ranges::find(state_events, name) != state_events.end();
+}
+
 result<message> classify(const json& msg) {
     if (!msg.is_object()) return protocol("a QMP message must be a JSON object");
     if (auto it = msg.find("QMP"); it != msg.end()) return classify_greeting(*it);
@@ -99,15 +109,54 @@ result<message> classify(const json& msg) {
     return protocol(fmt::format("unrecognised QMP message: {:.200}", msg.dump()));
 }
 
-result<message> parse_message(std::string_view text) {
+namespace {
+
+// Only finds where a text stops being JSON: parse() without exceptions does not say.
+struct error_position final : json::json_sax_t {
+    std::size_t at = 0;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return true; }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return true; }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t position, const std::string&,
+                     const nlohmann::detail::exception&) override {
+        at = position;  // bytes read, the offending one included
+        return false;
+    }
+};
+
+}  // namespace
+
+result<message> parse_message(std::string_view text, std::uint64_t stream_offset) {
     json msg = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (msg.is_discarded())
-        return protocol(fmt::format("invalid JSON from the peer: {:.200}", text));
+    if (msg.is_discarded()) {
+        error_position where;
+        json::sax_parse(text, &where);
+        const std::size_t at = std::min(where.at > 0 ? where.at - 1 : 0, text.size());
+        const bool utf8 = at < text.size() && static_cast<unsigned char>(text[at]) >= 0x80;
+        return fail(malformed_message(stream_offset + at, text.substr(at),
+                                      utf8 ? "not UTF-8" : "not JSON"));
+    }
     return classify(msg);
 }
 
 std::string encode_command(std::string_view name, const json& arguments, std::uint64_t id,
                            bool oob) {
+    std::string out = encode_command_compact(name, arguments, id, oob);
+    out.push_back('\n');
+    return out;
+}
+
+std::string encode_command_compact(std::string_view name, const json& arguments, std::uint64_t id,
+                                   bool oob) {
     // Written by hand so that "execute" comes first, as in QEMU's documentation and logs.
     constexpr auto utf8 = json::error_handler_t::replace;
     std::string out = oob ? R"({"exec-oob":)" : R"({"execute":)";
@@ -117,7 +166,6 @@ std::string encode_command(std::string_view name, const json& arguments, std::ui
         out += arguments.dump(-1, ' ', false, utf8);
     }
     out += fmt::format(R"(,"id":{}}})", id);
-    out.push_back('\n');
     return out;
 }
 

@@ -56,15 +56,25 @@ struct event {
 
 using message = std::variant<greeting, success_reply, error_reply, event>;
 
+// Events that change the VM's run state (what the lifecycle state machine acts on): a bounded
+// event queue never drops them. Others (BLOCK_IO_ERROR, RTC_CHANGE, JOB_STATUS_CHANGE...) are
+// repeatable: losing some under a flood loses no state.
+bool is_state_event(std::string_view name);
+
 // Classifies one parsed JSON text. Anything that is not one of the four shapes is a protocol
 // error naming what was wrong.
 result<message> classify(const json& msg);
-// Parses and classifies one framed text.
-result<message> parse_message(std::string_view text);
+// Parses and classifies one framed text that began at `stream_offset` in its stream. Text that
+// is not JSON (or not UTF-8) is a malformed_message() naming the offending byte's offset.
+result<message> parse_message(std::string_view text, std::uint64_t stream_offset = 0);
 
 // {"execute":NAME,"arguments":ARGS,"id":ID} followed by CRLF-free "\n"; "exec-oob" when oob.
 // Arguments are omitted when null or an empty object, as QEMU's own tools do.
 std::string encode_command(std::string_view name, const json& arguments, std::uint64_t id,
                            bool oob = false);
+// The same without the "\n": QEMU's JSON streamer takes a message when its braces balance,
+// and QEMU 7.2 reads monitor input a byte at a time (~14 us a byte), so every byte counts.
+std::string encode_command_compact(std::string_view name, const json& arguments, std::uint64_t id,
+                                   bool oob = false);
 
 }  // namespace stackemu::qmp

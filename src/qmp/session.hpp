@@ -17,8 +17,9 @@ namespace stackemu::qmp::detail {
 // One command from execute() until its reply, timeout or the end of the connection.
 struct request_state {
     explicit request_state(const asio::any_io_executor& ex) : wake(ex) {}
-    std::uint64_t id = 0;
+    std::uint64_t id = 0;  // given when it is sent
     std::string name;
+    json arguments;
     std::string bytes;
     bool sent = false;
     std::optional<result<json>> outcome;
@@ -44,7 +45,8 @@ class session : public std::enable_shared_from_this<session> {
     asio::awaitable<result<void>> handshake();
     asio::awaitable<result<json>> execute(std::string name, json arguments,
                                           std::optional<milliseconds> timeout);
-    event_subscription subscribe(event_filter filter);
+    event_subscription subscribe(event_filter filter, std::size_t capacity);
+    asio::any_io_executor executor() { return socket_.get_executor(); }
     void close();
 
     bool has_greeting() const { return greeting_.has_value(); }
@@ -67,6 +69,7 @@ class session : public std::enable_shared_from_this<session> {
     void write(std::string_view bytes);
     void end(const error& why);
     std::size_t slots_used() const { return in_flight_.size() + abandoned_ids_.size(); }
+    std::uint64_t smallest_free_id() const;
 
     stream_socket socket_;
     client_options options_;
@@ -78,10 +81,12 @@ class session : public std::enable_shared_from_this<session> {
     bool quit_sent_ = false;
     std::optional<error> end_;
 
-    std::uint64_t next_id_ = 1;
+    // Ids are the smallest not in flight nor quarantined (issue 15): one digit on a connection
+    // of any age, since at most max_in_flight + abandoned ids are taken at once.
     std::unordered_map<std::uint64_t, std::shared_ptr<request_state>> in_flight_;
     std::deque<std::shared_ptr<request_state>> waiting_;  // beyond max_in_flight, not yet sent
-    // Sent, timed out, not yet answered: QEMU still holds a queue slot for each.
+    // Sent, timed out, not yet answered: QEMU still holds a queue slot for each, and the id is
+    // quarantined until its late reply comes, so that reply is never taken for a new command's.
     std::unordered_set<std::uint64_t> abandoned_ids_;
 
     std::vector<std::weak_ptr<subscription_state>> subscribers_;

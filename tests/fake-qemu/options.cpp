@@ -45,6 +45,30 @@ result<std::vector<std::string>> get_strings(const json& v, std::string_view key
     return out;
 }
 
+result<event_burst> parse_burst(const json& v) {
+    if (!v.is_object())
+        return bad("'burst' must be {\"event\": NAME, \"count\": N, \"invalid_utf8\": BOOL}");
+    event_burst b;
+    for (const auto& [key, e] : v.items()) {
+        if (key == "event") {
+            auto s = get_string(e, "burst.event");
+            if (!s) return fail(s.error());
+            b.event = *s;
+        } else if (key == "count") {
+            auto n = get_count(e, "burst.count");
+            if (!n) return fail(n.error());
+            b.count = *n;
+        } else if (key == "invalid_utf8") {
+            auto f = get_bool(e, "burst.invalid_utf8");
+            if (!f) return fail(f.error());
+            b.invalid_utf8 = *f;
+        } else {
+            return bad(fmt::format("unknown burst key '{}'", key));
+        }
+    }
+    return b;
+}
+
 result<console_step> parse_step(const json& j) {
     if (!j.is_object()) return bad("each console step must be an object");
     console_step step;
@@ -53,6 +77,10 @@ result<console_step> parse_step(const json& j) {
             auto n = get_count(v, "after_ms");
             if (!n) return fail(n.error());
             step.after = std::chrono::milliseconds(*n);
+        } else if (key == "burst") {
+            auto b = parse_burst(v);
+            if (!b) return fail(b.error());
+            step.burst = *b;
         } else if (key != "line" && key != "action" && key != "info") {
             return bad(fmt::format("unknown console step key '{}'", key));
         }

@@ -12,6 +12,15 @@
 
 namespace stackemu::fake {
 
+// Events a console step sends right after its action, in the same turn (so one write with
+// "coalesce"): `count` events named `event` with data {"n": i}; with `invalid_utf8` each
+// event's data holds a string that is not UTF-8, sent as raw bytes (QEMU itself would escape it).
+struct event_burst {
+    std::string event = "BLOCK_IO_ERROR";
+    std::size_t count = 0;
+    bool invalid_utf8 = false;
+};
+
 // One step of the fake guest's serial console, `after_ms` after the previous step.
 struct console_step {
     enum class kind { line, ready, panic, crash, poweroff, reboot };
@@ -19,6 +28,7 @@ struct console_step {
     kind what = kind::line;
     std::string line;           // for kind::line
     std::optional<value> info;  // for kind::panic: GUEST_PANICKED's optional "info"
+    std::optional<event_burst> burst;
 };
 
 struct command_delay {

@@ -196,10 +196,12 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
 
 asio::awaitable<void> qmp_session::run() {
     auto self = shared_from_this();
-    const auto subscription = vm_.subscribe_events([this](const value& event) {
-        // No events before negotiation (qmp.md, "Session").
-        if (dispatcher_.negotiated()) enqueue(shaper_.frame(event));
-    });
+    const auto subscription =
+        vm_.subscribe_events([this](const value& event, std::string_view raw) {
+            // No events before negotiation (qmp.md, "Session").
+            if (!dispatcher_.negotiated()) return;
+            enqueue(raw.empty() ? shaper_.frame(event) : std::string(raw));
+        });
     asio::co_spawn(
         socket_.get_executor(), [self]() { return self->writer(); }, asio::detached);
     if (primary_ && options_.greeting_delay && !options_.hang_qmp) {

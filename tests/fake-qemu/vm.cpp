@@ -164,7 +164,24 @@ void vm::emit(std::string_view name, std::optional<value> data) {
     const value message = make_event(name, std::move(data));
     auto sinks = event_sinks_;
     for (auto& [_, sink] : sinks)
-        sink(message);
+        sink(message, {});
+}
+
+void vm::emit_burst(const event_burst& burst) {
+    for (std::size_t i = 0; i < burst.count && !exited_; ++i) {
+        if (!burst.invalid_utf8) {
+            value data = value::object();
+            data["n"] = static_cast<std::int64_t>(i);
+            emit(burst.event, std::move(data));
+            continue;
+        }
+        // 0xff and 0xfe never occur in UTF-8.
+        const std::string raw = R"({"event":")" + burst.event + R"(","data":{"device":"disk)" +
+                                std::string("\xff\xfe") + std::to_string(i) + "\"}}\r\n";
+        auto sinks = event_sinks_;
+        for (auto& [_, sink] : sinks)
+            sink(value(), raw);
+    }
 }
 
 void vm::set_state(run_state s) {
@@ -408,6 +425,11 @@ void vm::guest_reboot() {
 }
 
 void vm::run_console_step(const console_step& step) {
+    run_console_action(step);
+    if (step.burst) emit_burst(*step.burst);
+}
+
+void vm::run_console_action(const console_step& step) {
     switch (step.what) {
         case console_step::kind::line: {
             auto sinks = console_sinks_;

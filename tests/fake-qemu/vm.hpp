@@ -48,7 +48,8 @@ struct job {
 // QEMU 7.2 (transcripts/qemu-7.2-session.txt).
 class vm {
   public:
-    using event_sink = std::function<void(const value& message)>;
+    // `raw`, when not empty, is sent instead of `message` as it is (hostile bursts).
+    using event_sink = std::function<void(const value& message, std::string_view raw)>;
     using line_sink = std::function<void(std::string_view line)>;
 
     vm(asio::any_io_executor executor, options opts);
@@ -86,6 +87,7 @@ class vm {
 
     // Builds {"timestamp":..,"event":..,"data":..} and delivers it.
     void emit(std::string_view name, std::optional<value> data = std::nullopt);
+    void emit_burst(const event_burst& burst);
 
     // QMP commands, with QEMU's events and errors.
     void stop();
@@ -135,6 +137,7 @@ class vm {
     void guest_panic(const std::optional<value>& info);
     void guest_reboot();
     void run_console_step(const console_step& step);
+    void run_console_action(const console_step& step);
     void guest_booted();
 
     std::optional<std::string> check_devices(const std::vector<std::string>& devices) const;

@@ -765,7 +765,7 @@ TEST_CASE("garbage right after the negotiation reply leaves the client closed") 
     auto s = test::script()
                  .greeting()
                  .expect("qmp_capabilities")
-                 .send("{\"return\": {}, \"id\": 1}\r\n#garbage\r\n")
+                 .send("{\"return\": {}, \"id\": 0}\r\n#garbage\r\n")
                  .hold();
     asio::co_spawn(ctx, test::run_peer(std::move(theirs), std::move(s)), asio::detached);
     test::run(

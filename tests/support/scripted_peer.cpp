@@ -70,10 +70,10 @@ script& script::close() {
 
 std::size_t script_size(const script& s) {
     std::size_t total = 0;
-    std::uint64_t next_id = 1;
     json id;
     for (const auto& st : s.steps()) {
-        if (st.what == script::step::kind::expect) id = next_id++;
+        // One command at a time, as a script runs: each reuses the smallest free id, 0.
+        if (st.what == script::step::kind::expect) id = 0;
         total += render(st, id).size();
     }
     return total;

@@ -61,7 +61,7 @@ asio::awaitable<peer_outcome> run_peer(
     qmp::stream_socket socket, script s,
     std::size_t cut_after = std::numeric_limits<std::size_t>::max());
 
-// Total bytes `s` would send if nothing were cut (ids as the client will send them: 1, 2, ...).
+// Total bytes `s` would send if nothing were cut (ids as the client sends them one at a time: 0).
 std::size_t script_size(const script& s);
 
 // A connected pair of stream sockets on `ex`: {client side, peer side}.

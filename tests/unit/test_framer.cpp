@@ -128,6 +128,23 @@ TEST_CASE("garbage between messages is a protocol error") {
     CHECK(second.error().message.find("'h'") != std::string::npos);
 }
 
+TEST_CASE("garbage is reported at its offset in the whole stream, with a hex excerpt") {
+    framer f;
+    f.feed("{\"return\": {}}\r\n");
+    REQUIRE(f.next().has_value());
+    CHECK(f.message_offset() == 0);
+    f.feed("{\"return\": 1}");
+    auto second = f.next();
+    REQUIRE(second.has_value());
+    CHECK(f.message_offset() == 16);
+    f.feed(" #oops");
+    auto third = f.next();
+    REQUIRE_FALSE(third.has_value());
+    CHECK(third.error().message ==
+          "malformed message from QEMU at byte offset 30: 23 6f 6f 70 73 "
+          "(expected a JSON object, got '#')");
+}
+
 TEST_CASE("a non-printable byte is named in the protocol error") {
     framer f;
     f.feed("\xff{}");

@@ -124,6 +124,30 @@ TEST_CASE(
           "{\"exec-oob\":\"query-status\",\"id\":9}\n");
 }
 
+TEST_CASE("a compact command has no optional whitespace, no empty arguments and no newline") {
+    CHECK(encode_command_compact("query-status", json::object(), 0) ==
+          R"({"execute":"query-status","id":0})");
+    CHECK(encode_command_compact("job-dismiss", {{"id", "snap0"}}, 3) ==
+          R"({"execute":"job-dismiss","arguments":{"id":"snap0"},"id":3})");
+}
+
+TEST_CASE("invalid UTF-8 in a message names its stream offset and the bytes in hex") {
+    const std::string text = "{\"event\": \"X\", \"data\": {\"device\": \"disk\xff\xfe\"}}";
+    auto m = parse_message(text, 1000);
+    REQUIRE_FALSE(m.has_value());
+    CHECK(m.error().code == errc::protocol_error);
+    CHECK(m.error().message ==
+          "malformed message from QEMU at byte offset 1039: ff fe 22 7d 7d (not UTF-8)");
+}
+
+TEST_CASE("text that is not JSON names where it stops being JSON") {
+    // "n" may still begin null: the "o" is where it stops.
+    auto m = parse_message("{not json}");
+    REQUIRE_FALSE(m.has_value());
+    CHECK(m.error().message ==
+          "malformed message from QEMU at byte offset 2: 6f 74 20 6a 73 6f 6e 7d (not JSON)");
+}
+
 TEST_CASE("a command name with invalid UTF-8 is encoded without throwing") {
     auto text = encode_command("bad\xff", json::object(), 1);
     CHECK(text.starts_with("{\"execute\":\"bad"));

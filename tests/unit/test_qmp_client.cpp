@@ -41,6 +41,24 @@ struct conversation {
     }
 };
 
+// The id of every command the peer received, in order.
+std::vector<json> ids_sent(const test::peer_outcome& peer) {
+    std::vector<json> ids;
+    for (const auto& command : peer.received)
+        ids.push_back(command.value("id", json()));
+    return ids;
+}
+
+// The handshake, then `n` query-status commands, each answered "running".
+script status_replies(int n) {
+    script s;
+    s.handshake();
+    for (int i = 0; i < n; ++i)
+        s.expect("query-status").reply({{"status", "running"}, {"running", true}});
+    s.hold();
+    return s;
+}
+
 client_options fast() {
     client_options o;
     o.greeting_timeout = 2000ms;
@@ -61,7 +79,7 @@ TEST_CASE("the handshake sends qmp_capabilities without arguments and exposes th
     c->close();
     REQUIRE(test::drains(t.ctx));
     REQUIRE(t.peer.received.size() == 1);
-    CHECK(t.peer.received[0] == json::parse(R"({"execute":"qmp_capabilities","id":1})"));
+    CHECK(t.peer.received[0] == json::parse(R"({"execute":"qmp_capabilities","id":0})"));
 }
 
 TEST_CASE("oob is enabled only when requested and offered") {
@@ -162,7 +180,7 @@ TEST_CASE("execute returns the reply's value and sends the exact command") {
         CHECK(status->status == "running");
     }(std::move(sock)));
     REQUIRE(test::drains(t.ctx));
-    CHECK(t.peer.received[1] == json::parse(R"({"execute":"query-status","id":2})"));
+    CHECK(t.peer.received[1] == json::parse(R"({"execute":"query-status","id":0})"));
 }
 
 TEST_CASE("an error reply keeps QEMU's class and desc and leaves the connection usable") {
@@ -215,7 +233,7 @@ TEST_CASE("a reply to a command that timed out is recognised and dropped") {
             .handshake()
             .expect("query-status")
             .expect("query-name")
-            .send(test::crlf({{"return", {{"status", "running"}, {"running", true}}}, {"id", 2}}))
+            .send(test::crlf({{"return", {{"status", "running"}, {"running", true}}}, {"id", 0}}))
             .reply({{"name", "late-test"}})
             .hold());
     t.run([](stream_socket s) -> asio::awaitable<void> {
@@ -331,6 +349,65 @@ TEST_CASE("a full subscription drops its oldest events and keeps the newest") {
         auto ev = sub.try_next();
         REQUIRE(ev);
         CHECK(ev->data["status"] == "7");
+    }(std::move(sock)));
+    REQUIRE(test::drains(t.ctx));
+}
+
+TEST_CASE("a full subscription keeps a panic that a burst of repeatable events follows") {
+    conversation t;
+    script s;
+    s.handshake().expect("query-name");
+    std::string burst =
+        test::crlf(json{{"event", "GUEST_PANICKED"}, {"data", {{"action", "pause"}}}});
+    for (int i = 0; i < 1000; ++i)
+        burst += test::crlf(json{{"event", "BLOCK_IO_ERROR"}, {"data", {{"n", i}}}});
+    burst += test::crlf(json{{"event", "STOP"}});
+    s.send(burst).reply().hold();
+    auto sock = t.start(std::move(s));
+    t.run([](stream_socket sk) -> asio::awaitable<void> {
+        auto c = co_await client::attach(std::move(sk), fast());
+        REQUIRE(c.has_value());
+        auto sub = c->subscribe();
+        auto name = co_await query_name(*c);
+        REQUIRE_OK(name);
+        CHECK(sub.queued() == 256);
+        CHECK(sub.dropped() == 1002 - 256);
+        auto first = sub.try_next();
+        REQUIRE(first);
+        CHECK(first->name == "GUEST_PANICKED");
+        // The newest repeatable events survive, then the state event that ended the burst.
+        auto second = sub.try_next();
+        REQUIRE(second);
+        CHECK(second->data["n"] == 1000 - 254);
+        while (sub.queued() > 1)
+            (void)sub.try_next();
+        auto last = sub.try_next();
+        REQUIRE(last);
+        CHECK(last->name == "STOP");
+    }(std::move(sock)));
+    REQUIRE(test::drains(t.ctx));
+}
+
+TEST_CASE("a subscription full of state events counts a repeatable event as dropped") {
+    conversation t;
+    script s;
+    s.handshake().expect("query-name");
+    s.event("STOP").event("RESUME").event("BLOCK_IO_ERROR").event("SHUTDOWN");
+    s.reply().hold();
+    auto sock = t.start(std::move(s));
+    t.run([](stream_socket sk) -> asio::awaitable<void> {
+        auto options = fast();
+        options.event_queue_capacity = 2;
+        auto c = co_await client::attach(std::move(sk), options);
+        REQUIRE(c.has_value());
+        auto sub = c->subscribe();
+        auto name = co_await query_name(*c);
+        REQUIRE_OK(name);
+        CHECK(sub.dropped() == 1);
+        std::vector<std::string> names;
+        while (auto ev = sub.try_next())
+            names.push_back(ev->name);
+        CHECK(names == std::vector<std::string>{"STOP", "RESUME", "SHUTDOWN"});
     }(std::move(sock)));
     REQUIRE(test::drains(t.ctx));
 }
@@ -451,7 +528,7 @@ TEST_CASE("a caller's cancellation ends execute with errc::cancelled and keeps t
                             .handshake()
                             .expect("query-status")
                             .expect("query-name")
-                            .send(test::crlf({{"return", {}}, {"id", 2}}))
+                            .send(test::crlf({{"return", {}}, {"id", 0}}))
                             .reply({{"name", "after-cancel"}})
                             .hold());
     t.run([](stream_socket s) -> asio::awaitable<void> {
@@ -470,17 +547,16 @@ TEST_CASE("a caller's cancellation ends execute with errc::cancelled and keeps t
 
 TEST_CASE("at most eight commands are unanswered at any time; the rest queue") {
     conversation t;
-    script s;
-    s.handshake();
-    for (int i = 0; i < 20; ++i)
-        s.expect("query-status").reply({{"status", "running"}, {"running", true}});
-    s.hold();
-    auto sock = t.start(std::move(s));
+    auto sock = t.start(status_replies(20));
     int outstanding = 0, worst = 0;
+    bool negotiated = false;
     auto options = fast();
     options.trace = [&](bool outgoing, std::string_view text) {
         auto msg = json::parse(text);
-        if (msg.value("id", 0) == 1) return;  // the negotiation
+        if (!negotiated) {  // the greeting and the negotiation
+            negotiated = !outgoing && msg.contains("return");
+            return;
+        }
         if (outgoing)
             ++outstanding;
         else if (msg.contains("return"))
@@ -554,6 +630,117 @@ TEST_CASE("garbage from the peer is a fatal protocol error") {
         CHECK(r.error().is_fatal());
     }(std::move(sock)));
     REQUIRE(test::drains(t.ctx));
+}
+
+TEST_CASE("invalid UTF-8 ends the session with a cause that names the offset and bytes") {
+    conversation t;
+    // The bad byte follows the handshake and the 37 bytes of the event before it.
+    const std::size_t offset = test::script_size(script().handshake()) + 37;
+    auto sock = t.start(script()
+                            .handshake()
+                            .expect("query-status")
+                            .send("{\"event\": \"BLOCK_IO_ERROR\", \"data\": \"\xff\"}\r\n")
+                            .hold());
+    t.run([](stream_socket s, std::size_t at) -> asio::awaitable<void> {
+        auto c = co_await client::attach(std::move(s), fast());
+        REQUIRE(c.has_value());
+        auto sub = c->subscribe();
+        auto r = co_await c->execute("query-status");
+        REQUIRE_FALSE(r.has_value());
+        const std::string cause =
+            fmt::format("malformed message from QEMU at byte offset {}: ff 22 7d (not UTF-8)", at);
+        CHECK(r.error().code == errc::protocol_error);
+        CHECK(r.error().message == cause);
+        auto ev = co_await sub.next(1000ms);
+        REQUIRE_FALSE(ev.has_value());
+        CHECK(ev.error().message == cause);
+        CHECK_FALSE(c->is_open());
+    }(std::move(sock), offset));
+    REQUIRE(test::drains(t.ctx));
+}
+
+TEST_CASE("sequential commands all use id 0: ids do not grow with a connection's age") {
+    conversation t;
+    auto sock = t.start(status_replies(1000));
+    std::size_t longest = 0;
+    auto options = fast();
+    options.trace = [&](bool outgoing, std::string_view text) {
+        if (outgoing && text.starts_with(R"({"execute":"query-status")"))
+            longest = std::max(longest, text.size());
+    };
+    t.run([](stream_socket sk, client_options o) -> asio::awaitable<void> {
+        auto c = co_await client::attach(std::move(sk), o);
+        REQUIRE(c.has_value());
+        for (int i = 0; i < 1000; ++i) {
+            auto r = co_await query_status(*c);
+            REQUIRE(r.has_value());
+        }
+    }(std::move(sock), options));
+    REQUIRE(test::drains(t.ctx));
+    REQUIRE(t.peer.received.size() == 1001);
+    for (const auto& sent : t.peer.received)
+        CHECK(sent["id"] == 0);
+    CHECK(longest == std::string(R"({"execute":"query-status","id":0})").size());
+}
+
+TEST_CASE("pipelined commands take the smallest free ids") {
+    conversation t;
+    auto sock = t.start(
+        script()
+            .handshake()
+            .expect("query-status")
+            .expect("query-name")
+            .send(test::crlf({{"return", {{"name", "second"}}}, {"id", 1}}))
+            .send(test::crlf({{"return", {{"status", "running"}, {"running", true}}}, {"id", 0}}))
+            .expect("query-name")
+            .reply({{"name", "third"}})
+            .hold());
+    t.run([](stream_socket s) -> asio::awaitable<void> {
+        using namespace asio::experimental::awaitable_operators;
+        auto c = co_await client::attach(std::move(s), fast());
+        REQUIRE(c.has_value());
+        auto [status, name] = co_await (query_status(*c) && query_name(*c));
+        REQUIRE(status.has_value());
+        REQUIRE(name.has_value());
+        CHECK(**name == "second");
+        auto third = co_await query_name(*c);
+        REQUIRE(third.has_value());
+        CHECK(**third == "third");
+    }(std::move(sock)));
+    REQUIRE(test::drains(t.ctx));
+    CHECK(ids_sent(t.peer) == std::vector<json>{0, 0, 1, 0});
+}
+
+TEST_CASE("a late reply to a quarantined id is never taken as a new command's reply") {
+    conversation t;
+    // query-status (id 0) times out; id 0 stays quarantined, so query-name gets id 1 and the
+    // late reply to 0 is dropped. Once it came, 0 is free again for the next command.
+    auto sock =
+        t.start(script()
+                    .handshake()
+                    .expect("query-status")
+                    .expect("query-name")
+                    .send(test::crlf({{"return", {{"name", "late-status-reply"}}}, {"id", 0}}))
+                    .reply({{"name", "own-reply"}})
+                    .expect("query-name")
+                    .reply({{"name", "reused"}})
+                    .hold());
+    t.run([](stream_socket s) -> asio::awaitable<void> {
+        auto c = co_await client::attach(std::move(s), fast());
+        REQUIRE(c.has_value());
+        auto slow = co_await c->execute("query-status", json::object(), 50ms);
+        REQUIRE_FALSE(slow.has_value());
+        CHECK(slow.error().code == errc::timeout);
+        auto name = co_await query_name(*c);
+        REQUIRE(name.has_value());
+        CHECK(**name == "own-reply");
+        CHECK(c->stats().late_replies == 1);
+        auto again = co_await query_name(*c);
+        REQUIRE(again.has_value());
+        CHECK(**again == "reused");
+    }(std::move(sock)));
+    REQUIRE(test::drains(t.ctx));
+    CHECK(ids_sent(t.peer) == std::vector<json>{0, 0, 1, 0});
 }
 
 TEST_CASE("the peer of a socketpair is this process") {
@@ -711,9 +898,9 @@ TEST_CASE("a snapshot job whose events precede the reply runs to concluded and i
     CHECK(
         t.peer.received[1] ==
         json::parse(
-            R"({"execute":"snapshot-save","arguments":{"devices":["disk0"],"job-id":"j1","tag":"clean","vmstate":"disk0"},"id":2})"));
+            R"({"execute":"snapshot-save","arguments":{"devices":["disk0"],"job-id":"j1","tag":"clean","vmstate":"disk0"},"id":0})"));
     CHECK(t.peer.received[3] ==
-          json::parse(R"({"execute":"job-dismiss","arguments":{"id":"j1"},"id":4})"));
+          json::parse(R"({"execute":"job-dismiss","arguments":{"id":"j1"},"id":0})"));
 }
 
 TEST_CASE("a failed snapshot job surfaces QEMU's error text and is still dismissed") {
@@ -768,7 +955,7 @@ TEST_CASE("a job that never concludes ends at its deadline and is cancelled") {
     }(std::move(sock)));
     REQUIRE(test::drains(t.ctx));
     CHECK(t.peer.received.back() ==
-          json::parse(R"({"execute":"job-cancel","arguments":{"id":"j1"},"id":3})"));
+          json::parse(R"({"execute":"job-cancel","arguments":{"id":"j1"},"id":0})"));
 }
 
 TEST_CASE("a disconnect in the middle of a job is reported as a disconnect") {
