@@ -483,13 +483,24 @@ asio::awaitable<result<std::optional<detail::connected_vm>>> connect_if_running(
     if (!alive &&
         (code == errc::connect_failed || code == errc::disconnected || code == errc::not_found))
         co_return std::optional<detail::connected_vm>{};
-    if (code == errc::timeout || alive)
+    // Busy is a monitor that does not answer in time or takes no more clients; one that
+    // answers with garbage or a wrong id is broken, and says so with its own error.
+    if (code == errc::timeout ||
+        (alive && (code == errc::connect_failed || code == errc::not_found)))
         co_return fail(errc::busy,
                        fmt::format("QEMU's monitor {} is busy: it did not answer within "
                                    "EMULATOR_REPLY_TIMEOUT ({}; another client may hold the "
                                    "socket, or QEMU is hung): `stackemu status` shows the VM; "
                                    "`stackemu stop` ends it",
                                    inst.paths.qmp_socket.string(), vm.error().what()));
+    if (alive) {
+        auto e = vm.error();
+        e.message = fmt::format(
+            "QEMU's monitor {} could not be used ({}): `stackemu status` shows "
+            "the VM; `stackemu stop` ends it",
+            inst.paths.qmp_socket.string(), e.message);
+        co_return fail(std::move(e));
+    }
     co_return fail(vm.error());
 }
 

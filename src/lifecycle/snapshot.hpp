@@ -116,7 +116,8 @@ inline constexpr int not_found = 3;     // no snapshot of that name (load, delet
 inline constexpr int incompatible = 4;  // load refused: the snapshot does not fit this VM
 inline constexpr int exists = 5;        // save: the name is taken (use --replace)
 inline constexpr int job_failed = 6;    // QEMU's job (or qemu-img) failed or did not conclude
-inline constexpr int busy = 7;          // another stackemu command holds the instance
+inline constexpr int busy =
+    7;  // another stackemu command holds the instance, or QEMU's monitor is busy
 }  // namespace snapshot_exit
 // The exit code for an error of the operations below.
 int snapshot_exit_code(const error& e);

@@ -83,12 +83,13 @@ std::vector<sequence> sequences() {
          "qmp",
          ready,
          {"snapshot", "save", "fresh", "--timeout", "1"},
-         {snap_exit::ok, snap_exit::error, snap_exit::job_failed}},
+         // busy: a greeting delayed past EMULATOR_REPLY_TIMEOUT is a busy monitor (issue 16.1)
+         {snap_exit::ok, snap_exit::error, snap_exit::job_failed, snap_exit::busy}},
         {"snapshot load",
          "qmp",
          ready_with_snapshot,
          {"snapshot", "load", "clean", "--timeout", "1"},
-         {snap_exit::ok, snap_exit::error, snap_exit::job_failed}},
+         {snap_exit::ok, snap_exit::error, snap_exit::job_failed, snap_exit::busy}},
         // 124: a reply that never came, so the command may run on in the guest (documented
         // as --timeout's code: "the command was killed, or may run on").
         {"exec",
