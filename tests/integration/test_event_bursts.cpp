@@ -1,6 +1,7 @@
 // Event floods and broken events through the CLI against the fake (issues 16.3, 16.4, 17.1):
 // a panic inside a burst still fails `start` at once, a malformed message is named as the
-// cause, and events.jsonl keeps every event of a burst.
+// cause, and events.jsonl keeps every event of a burst. Part of the fault matrix's
+// misbehaving-QEMU cases ([hostile-qemu], with test_fault_matrix.cpp).
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -33,8 +34,10 @@ std::vector<json> log_lines(const fs::path& file) {
 
 }  // namespace
 
-TEST_CASE("start fails at once with the panic when a thousand events follow it in one write",
-          "[cli]") {
+TEST_CASE(
+    "misbehaving QEMU: start fails at once with the panic when a thousand events follow "
+    "it in one write",
+    "[cli][fault][hostile-qemu]") {
     sandbox sb;
     sb.fake = {
         {"coalesce", true},
@@ -50,7 +53,10 @@ TEST_CASE("start fails at once with the panic when a thousand events follow it i
     CHECK_FALSE(contains(started.err, "EMULATOR_READY_TIMEOUT"));
 }
 
-TEST_CASE("start names a malformed message from QEMU as the cause of its failure", "[cli]") {
+TEST_CASE(
+    "misbehaving QEMU: start names a malformed message from QEMU as the cause of its "
+    "failure",
+    "[cli][fault][hostile-qemu]") {
     sandbox sb;
     sb.fake = {{"console", json::array({console_step(20, "booting"),
                                         with_burst(console_step(10, "still booting"),
@@ -63,7 +69,8 @@ TEST_CASE("start names a malformed message from QEMU as the cause of its failure
     CHECK_FALSE(contains(started.err, "without a SHUTDOWN event"));
 }
 
-TEST_CASE("events.jsonl keeps every one of 3000 events sent during boot", "[cli]") {
+TEST_CASE("misbehaving QEMU: events.jsonl keeps every one of 3000 events sent during boot",
+          "[cli][fault][hostile-qemu]") {
     sandbox sb;
     auto steps = happy_guest()["console"];
     steps[0] = with_burst(steps[0], {{"event", "BLOCK_IO_ERROR"}, {"count", 3000}});
