@@ -13,12 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_e2e import BUILD_GUEST, Failure, Instance, check, free_ports, log  # noqa: E402
+from cli_e2e import (BUILD_GUEST, Instance, check, free_ports, log,  # noqa: E402
+                     run_scenarios)
 
 GUEST_PORT = 26701
 # What a user's guest is like: no pvpanic driver, a ready line with text after the marker.
@@ -176,24 +176,8 @@ def main():
     stackemu = os.path.abspath(sys.argv[1])
     names = sys.argv[2:] or list(SCENARIOS)
     guest = Guest()
-    failed = []
-    for name in names:
-        with tempfile.TemporaryDirectory(prefix=f"stackemu-byoi-{name}-") as tmp:
-            inst = Instance(stackemu, None, tmp)
-            try:
-                log(f"--- byoi {name}")
-                SCENARIOS[name](inst, guest, tmp)
-                log(f"--- byoi {name}: passed")
-            except (Failure, subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as e:
-                log(f"--- byoi {name}: FAILED: {e}")
-                failed.append(name)
-            finally:
-                inst.cleanup()
-    if failed:
-        log(f"failed: {' '.join(failed)}")
-        return 1
-    log("all passed")
-    return 0
+    return run_scenarios(names, "stackemu-byoi", lambda tmp: Instance(stackemu, None, tmp),
+                         lambda name, inst, tmp: SCENARIOS[name](inst, guest, tmp))
 
 
 if __name__ == "__main__":

@@ -288,21 +288,18 @@ SCENARIOS = {
 }
 
 
-def main():
-    if len(sys.argv) < 2:
-        print(__doc__)
-        return 2
-    stackemu = os.path.abspath(sys.argv[1])
-    names = sys.argv[2:] or list(SCENARIOS)
-    guest = subprocess.run([BUILD_GUEST], capture_output=True, text=True, check=True)
-    image = os.path.join(guest.stdout.strip().splitlines()[-1], "test-guest.qcow2")
+def run_scenarios(names, prefix, make_instance, run_one):
+    """Runs each named scenario in its own temporary directory and instance; 0 when all pass.
+
+    make_instance(tmp) gives the Instance; run_one(name, inst, tmp) runs the scenario.
+    """
     failed = []
     for name in names:
-        with tempfile.TemporaryDirectory(prefix=f"stackemu-e2e-{name}-") as tmp:
-            inst = Instance(stackemu, image, tmp)
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-{name}-") as tmp:
+            inst = make_instance(tmp)
             try:
                 log(f"--- {name}")
-                SCENARIOS[name](inst)
+                run_one(name, inst, tmp)
                 log(f"--- {name}: passed")
             except (Failure, subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as e:
                 log(f"--- {name}: FAILED: {e}")
@@ -314,6 +311,18 @@ def main():
         return 1
     log("all passed")
     return 0
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        return 2
+    stackemu = os.path.abspath(sys.argv[1])
+    names = sys.argv[2:] or list(SCENARIOS)
+    guest = subprocess.run([BUILD_GUEST], capture_output=True, text=True, check=True)
+    image = os.path.join(guest.stdout.strip().splitlines()[-1], "test-guest.qcow2")
+    return run_scenarios(names, "stackemu-e2e", lambda tmp: Instance(stackemu, image, tmp),
+                         lambda name, inst, tmp: SCENARIOS[name](inst))
 
 
 if __name__ == "__main__":
