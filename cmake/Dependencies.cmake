@@ -2,6 +2,12 @@
 find_package(Threads REQUIRED)
 find_package(nlohmann_json 3.11 REQUIRED)
 find_package(fmt 9 REQUIRED)
+# fmt's compiled part as a static library of ours (src/common/fmt_static.cpp says why); every
+# target links stackemu_fmt, never fmt::fmt, so no binary loads libfmt.so.
+add_library(stackemu_fmt STATIC ${PROJECT_SOURCE_DIR}/src/common/fmt_static.cpp)
+target_include_directories(stackemu_fmt SYSTEM PUBLIC
+  $<TARGET_PROPERTY:fmt::fmt,INTERFACE_INCLUDE_DIRECTORIES>)
+set_target_properties(stackemu_fmt PROPERTIES POSITION_INDEPENDENT_CODE ON)
 find_package(CLI11 2 REQUIRED)
 find_package(PkgConfig REQUIRED)
 find_package(CURL REQUIRED)
