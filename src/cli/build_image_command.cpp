@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/completion.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 #include "lifecycle/build_image.hpp"
@@ -288,8 +289,10 @@ void add_build_image_command(CLI::App& app, std::function<int()>& action) {
                     "the image to write (default <image dir>/stack-emulator-<arch>.qcow2)");
     cmd->add_option("--image-dir", o->image_dir,
                     "where images live (EMULATOR_IMAGE_DIR, default ~/.stack/emulator/images)");
-    cmd->add_option("--arch", o->arch, "amd64 or arm64 (EMULATOR_ARCH, default the host's)");
-    cmd->add_option("--accel", o->accel, "auto, kvm, hvf or tcg (EMULATOR_ACCEL)");
+    cmd->add_option("--arch", o->arch, "amd64 or arm64 (EMULATOR_ARCH, default the host's)")
+        ->check(offers_architectures());
+    cmd->add_option("--accel", o->accel, "auto, kvm, hvf or tcg (EMULATOR_ACCEL)")
+        ->check(offers_accel_modes());
     cmd->add_option("--ram", o->ram, "build VM MiB (EMULATOR_BUILD_RAM; default: the profile's)");
     cmd->add_option("--cpus", o->cpus,
                     "build VM vCPUs (EMULATOR_BUILD_CPUS; default: the profile's)");

@@ -17,7 +17,8 @@ bool explain_unknown_command(const CLI::App& app, int argc, char** argv) {
     if (argc < 2 || argv[1][0] == '-' || !app.get_subcommands().empty()) return false;
     std::string names;
     for (const auto* sub : app.get_subcommands(std::function<bool(const CLI::App*)>{}))
-        names += (names.empty() ? "" : ", ") + sub->get_name();
+        if (!sub->get_group().empty())  // hidden ones (__complete) are for scripts
+            names += (names.empty() ? "" : ", ") + sub->get_name();
     fmt::print(stderr,
                "stackemu: unknown command '{}'; the commands are: {} (`stackemu --help` "
                "describes them)\n",
@@ -27,15 +28,20 @@ bool explain_unknown_command(const CLI::App& app, int argc, char** argv) {
 
 }  // namespace
 
-int run_cli(int argc, char** argv, std::span<const command_entry> commands) {
-    CLI::App app{"stackemu: a whole backend in one QEMU VM, controlled over QMP"};
+void configure_root(CLI::App& app) {
+    app.description("stackemu: a whole backend in one QEMU VM, controlled over QMP");
     app.set_version_flag("--version", "stackemu 0.1.0");
     app.require_subcommand(1);
+}
+
+int run_cli(int argc, char** argv, std::span<const command_entry> commands) {
+    CLI::App app;
+    configure_root(app);
     std::function<int()> action;
     const auto chosen =
         argc >= 2 ? std::ranges::find(commands, std::string_view(argv[1]), &command_entry::name)
                   : commands.end();
-    if (chosen != commands.end()) {
+    if (chosen != commands.end() && !chosen->needs_every_command) {
         chosen->add(app, action);
     } else {
         for (const auto& c : commands)

@@ -2,6 +2,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/completion.hpp"
+
 namespace stackemu::cli {
 
 using namespace stackemu::lifecycle;
@@ -10,14 +12,16 @@ std::shared_ptr<instance_options> add_instance_options(CLI::App* cmd, option_set
     auto o = std::make_shared<instance_options>();
     cmd->add_option("--name", o->name,
                     "instance name (EMULATOR_NAME); instances run side by side with their own "
-                    "run directory and ports");
+                    "run directory and ports")
+        ->check(offers_instances());
     cmd->add_flag("--json", o->json, "machine-readable output");
     if (which == option_set::runtime) {
         cmd->add_option("--ram", o->ram, "guest memory in MiB (EMULATOR_RAM, default 4096)");
         cmd->add_option("--cpus", o->cpus, "guest vCPUs (EMULATOR_CPUS, default 4)");
-        cmd->add_option("--arch", o->arch, "guest architecture: amd64 or arm64 (EMULATOR_ARCH)");
-        cmd->add_option("--accel", o->accel,
-                        "auto, kvm, hvf or tcg (EMULATOR_ACCEL, default auto)");
+        cmd->add_option("--arch", o->arch, "guest architecture: amd64 or arm64 (EMULATOR_ARCH)")
+            ->check(offers_architectures());
+        cmd->add_option("--accel", o->accel, "auto, kvm, hvf or tcg (EMULATOR_ACCEL, default auto)")
+            ->check(offers_accel_modes());
         cmd->add_option("--ready-timeout", o->ready_timeout,
                         "seconds to wait for ready (EMULATOR_READY_TIMEOUT, default 240)");
         cmd->add_option("--stop-timeout", o->stop_timeout,

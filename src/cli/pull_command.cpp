@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/completion.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
 #include "lifecycle/exit_codes.hpp"
@@ -257,7 +258,8 @@ void add_pull_command(CLI::App& app, std::function<int()>& action) {
                     "where images live (EMULATOR_IMAGE_DIR, default ~/.stack/emulator/images)");
     cmd->add_option("--arch", o->arch,
                     "amd64 or arm64 (EMULATOR_ARCH, default the host's): the image is installed "
-                    "as stack-emulator-<arch>.qcow2");
+                    "as stack-emulator-<arch>.qcow2")
+        ->check(offers_architectures());
     cmd->add_flag("--json", o->json, "machine-readable output");
     cmd->footer(std::string(pull_footer));
     cmd->callback([o, &action] { action = [o]() -> int { return run_pull(*o); }; });

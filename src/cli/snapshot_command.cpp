@@ -7,6 +7,7 @@
 #include <iostream>
 #include <optional>
 
+#include "cli/completion.hpp"
 #include "cli/instance_options.hpp"
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
@@ -237,7 +238,8 @@ void add_operation(CLI::App* group, verb v, std::function<int()>& action) {
     cmd->footer(exit_codes_text);
     auto io = add_instance_options(cmd, option_set::name_only);
     auto oo = std::make_shared<operation_options>();
-    cmd->add_option("NAME", oo->name, "snapshot name")->required();
+    auto* name = cmd->add_option("NAME", oo->name, "snapshot name")->required();
+    if (v != verb::save) name->check(offers_snapshots());
     cmd->add_option("--timeout", oo->timeout, "seconds QEMU's snapshot job may take (default 600)");
     if (v == verb::save)
         cmd->add_flag("--replace", oo->replace, "overwrite an existing snapshot of that name");

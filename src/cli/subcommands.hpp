@@ -15,6 +15,8 @@ using add_command_fn = void (*)(CLI::App&, std::function<int()>&);
 struct command_entry {
     std::string_view name;
     add_command_fn add;
+    // Reads the whole command tree (completion, help): chosen, it is built with every command.
+    bool needs_every_command = false;
 };
 
 void add_start_command(CLI::App& app, std::function<int()>& action);
@@ -35,6 +37,18 @@ void add_snapshot_commands(CLI::App& app, std::function<int()>& action);
 void add_exec_command(CLI::App& app, std::function<int()>& action);
 void add_cp_command(CLI::App& app, std::function<int()>& action);
 void add_image_commands(CLI::App& app, std::function<int()>& action);
+void add_completion_command(CLI::App& app, std::function<int()>& action);
+void add_help_command(CLI::App& app, std::function<int()>& action);
+// The hidden `__complete instances|snapshots`: names for the completion scripts, kept cheap
+// enough for the one-shot binary.
+void add_complete_values_command(CLI::App& app, std::function<int()>& action);
+
+// Every command of stackemu-full, in the order `--help` lists them (all_commands.cpp: only
+// the full binary links it, so the one-shot binary stays free of the heavy commands).
+std::span<const command_entry> all_commands();
+
+// The root app's own settings: description, --version, one subcommand required.
+void configure_root(CLI::App& app);
 
 // Parses the command line with `commands` (in the order `--help` lists them) and runs the
 // chosen one: the whole of main(). When argv[1] names one of them only that one is built.
