@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
         command_entry{"exec", add_exec_command},
         command_entry{"cp", add_cp_command},
         command_entry{"image", add_image_commands},
+        command_entry{"config", add_config_commands},
     };
     return run_cli(argc, argv, commands);
 }

@@ -1,5 +1,5 @@
-// stackemu: the commands scripts call in loops (status, list, qmp, stop, ...) run here, in a
-// binary that links neither libcurl, libisofs nor libcrypto: loading those 40-odd shared
+// stackemu: the commands scripts call in loops (status, list, qmp, stop, config, ...) run here, in
+// a binary that links neither libcurl, libisofs nor libcrypto: loading those 40-odd shared
 // libraries was most of a one-shot's time. Everything else (start, build-image, pull,
 // doctor, help, unknown words) is exec'd, same pid and arguments, in stackemu-full.
 #include <unistd.h>
@@ -22,11 +22,12 @@ namespace {
 using namespace stackemu::cli;
 
 constexpr std::array light_commands{
-    command_entry{"stop", add_stop_command},   command_entry{"status", add_status_command},
-    command_entry{"list", add_list_command},   command_entry{"reset", add_reset_command},
-    command_entry{"pause", add_pause_command}, command_entry{"resume", add_resume_command},
-    command_entry{"logs", add_logs_command},   command_entry{"events", add_events_command},
-    command_entry{"qmp", add_qmp_command},     command_entry{"snapshot", add_snapshot_commands},
+    command_entry{"stop", add_stop_command},      command_entry{"status", add_status_command},
+    command_entry{"list", add_list_command},      command_entry{"reset", add_reset_command},
+    command_entry{"pause", add_pause_command},    command_entry{"resume", add_resume_command},
+    command_entry{"logs", add_logs_command},      command_entry{"events", add_events_command},
+    command_entry{"qmp", add_qmp_command},        command_entry{"snapshot", add_snapshot_commands},
+    command_entry{"config", add_config_commands},
 };
 
 bool asks_for_help(int argc, char** argv) {

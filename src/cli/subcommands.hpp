@@ -35,6 +35,7 @@ void add_snapshot_commands(CLI::App& app, std::function<int()>& action);
 void add_exec_command(CLI::App& app, std::function<int()>& action);
 void add_cp_command(CLI::App& app, std::function<int()>& action);
 void add_image_commands(CLI::App& app, std::function<int()>& action);
+void add_config_commands(CLI::App& app, std::function<int()>& action);
 
 // Parses the command line with `commands` (in the order `--help` lists them) and runs the
 // chosen one: the whole of main(). When argv[1] names one of them only that one is built.
