@@ -27,6 +27,7 @@ std::span<const command_entry> all_commands() {
         command_entry{"exec", add_exec_command},
         command_entry{"cp", add_cp_command},
         command_entry{"image", add_image_commands},
+        command_entry{"config", add_config_commands},
         command_entry{"completion", add_completion_command, true},
         command_entry{"help", add_help_command, true},
         command_entry{"__complete", add_complete_values_command},

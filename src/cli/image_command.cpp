@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "cli/output.hpp"
 #include "cli/subcommands.hpp"
@@ -40,6 +41,7 @@ Nothing is overwritten without --force.
 struct init_options {
     std::string kernel, initrd, disk, output, arch, disk_size = "64M", match = "prefix";
     std::optional<std::string> cmdline;
+    std::optional<std::string> ram, cpus;  // the recommended VM size
     std::vector<std::string> forwards, probes, failure_markers;
     std::string ready_marker;
     bool agent = false, force = false, json_out = false;
@@ -139,6 +141,17 @@ int run_init(const init_options& o) {
     spec.match =
         o.match == "exact" ? provision::marker_match::exact : provision::marker_match::prefix;
     spec.agent = o.agent;
+    // Checked like start's --ram and --cpus: the same text must mean the same size there.
+    for (auto [flag, text, min, max, slot] :
+         {std::tuple{"--ram", &o.ram, lifecycle::min_ram_mib, lifecycle::max_ram_mib,
+                     &spec.recommended.ram_mib},
+          std::tuple{"--cpus", &o.cpus, lifecycle::min_cpus, lifecycle::max_cpus,
+                     &spec.recommended.cpus}}) {
+        if (!*text) continue;
+        auto value = lifecycle::parse_decimal(**text, flag, min, max);
+        if (!value) return fail_with(o, value.error());
+        *slot = static_cast<std::uint32_t>(*value);
+    }
     spec.created = lifecycle::detail::now_iso8601();
     spec.stackemu_version = "0.1.0";
     auto identity = [&] {
@@ -220,6 +233,11 @@ void add_image_commands(CLI::App& app, std::function<int()>& action) {
                      "a console line that means the guest failed (repeatable)");
     init->add_option("--marker-match", o->match, "prefix (default) or exact")
         ->check(CLI::IsMember({"prefix", "exact"}));
+    init->add_option("--ram", o->ram,
+                     "the guest memory in MiB an instance gets without --ram (the manifest's "
+                     "profile.resources; default 4096)");
+    init->add_option("--cpus", o->cpus,
+                     "the vCPUs an instance gets without --cpus (profile.resources; default 4)");
     init->add_flag("--agent", o->agent, "the guest runs qemu-ga on org.qemu.guest_agent.0");
     init->add_flag("--force", o->force, "replace an existing manifest (and a made disk)");
     init->add_flag("--json", o->json_out, "print the result as JSON");

@@ -105,6 +105,7 @@ json status_json(const status_outcome& r, const lifecycle::instance& inst) {
     if (r.pid) j["pid"] = *r.pid;
     for (const char* key : {"accel", "accel_reason", "image", "build_id", "started_at", "ready_ms"})
         if (r.saved.contains(key)) j[key] = r.saved[key];
+    j.update(size_and_ports_json(inst.config));
     return j;
 }
 
@@ -152,12 +153,15 @@ void add_list(CLI::App& app, std::function<int()>& action) {
                       names.end());
             json all = json::array();
             for (const auto& n : names) {
-                auto s = base->config;
-                s.name = n;
-                auto inst = open_instance(s);
-                if (!inst) continue;
-                auto r = run_on_context(status(*inst, false));
-                all.push_back(status_json(r, *inst));
+                // Each with its own record: its size and ports are its own.
+                auto configured = resolve_configured(*o, {.use = record_use::lenient,
+                                                          .pick_free_ports = false,
+                                                          .check_host = false,
+                                                          .name = n});
+                if (!configured) continue;
+                const auto& inst = configured->inst;
+                auto r = run_on_context(status(inst, false));
+                all.push_back(status_json(r, inst));
             }
             if (o->json) {
                 std::cout << all.dump(2) << std::endl;

@@ -1,5 +1,5 @@
-// stackemu: the commands scripts call in loops (status, list, qmp, stop, ...) run here, in a
-// binary that links neither libcurl, libisofs nor libcrypto: loading those 40-odd shared
+// stackemu: the commands scripts call in loops (status, list, qmp, stop, config, ...) run here, in
+// a binary that links neither libcurl, libisofs nor libcrypto: loading those 40-odd shared
 // libraries was most of a one-shot's time. Everything else (start, build-image, pull,
 // doctor, help, completion, unknown words) is exec'd, same pid and arguments, in stackemu-full.
 #include <unistd.h>
@@ -32,6 +32,7 @@ constexpr std::array light_commands{
     command_entry{"events", add_events_command},
     command_entry{"qmp", add_qmp_command},
     command_entry{"snapshot", add_snapshot_commands},
+    command_entry{"config", add_config_commands},
     // Completion scripts call it at every TAB: it must not pay for the exec.
     command_entry{"__complete", add_complete_values_command},
 };

@@ -1,6 +1,7 @@
 // start: a thin shell over src/lifecycle's start (in the full binary: starting makes the
 // runtime config ISO with libisofs).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -71,24 +72,48 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                   "export the --share directory writable (kernel-boot images)");
     cmd->callback([o, x, &action] {
         action = [o, x]() -> int {
-            if (x->share_writable && x->share.empty())
+            if (!x->image.empty()) o->image = x->image;
+            if (!x->share.empty()) o->share = x->share;
+            o->share_writable = x->share_writable;
+            auto configured = resolve_configured(*o, {.use = record_use::required,
+                                                      .pick_free_ports = true,
+                                                      .check_host = true,
+                                                      .name = {}});
+            if (!configured) return settings_error("start", configured.error());
+            // Refused before the instance lock is even taken: nothing is touched. (start
+            // checks again under the lock, for a VM launched in between.)
+            const auto& named = configured->inst.paths.name;
+            if (vm_running(configured->inst.paths))
+                if (auto refusal = running_refusal(configured->changes,
+                                                   named.empty() ? "" : " --name " + named);
+                    !refusal.empty())
+                    return error_exit("start", make_error(errc::wrong_state, refusal));
+            start_request req;
+            req.share = configured_share(configured->values);
+            if (x->share_writable && !req.share)
                 return settings_error(
                     "start", make_error(errc::invalid_argument,
                                         "--share-writable needs --share DIR: name the directory "
                                         "to export"));
-            auto inst = resolve_instance(*o);
-            if (!inst) return settings_error("start", inst.error());
-            start_request req;
-            if (!x->share.empty())
-                req.share = host_share{fs::absolute(x->share), x->share_writable};
-            req.inst = std::move(*inst);
-            if (!x->image.empty()) req.image = fs::absolute(x->image);
+            req.image = configured_image(configured->values);
+            std::vector<std::string> picked;
+            for (const auto& [name, v] : configured->values)
+                if (v.source == config_source::automatic)
+                    picked.push_back(
+                        fmt::format("{} {} ({})", name, value_text(v.value), v.origin));
+            req.record = configured->values;
+            req.changes = configured->changes;
+            req.inst = std::move(configured->inst);
             req.keep_on_failure = x->keep_on_failure;
             req.cold = x->cold;
             req.extra_cmdline = x->append;
             req.progress = stderr_progress(x->quiet);
             req.echo_console = x->console;
+            if (!picked.empty() && !x->quiet)
+                fmt::print(stderr, "stackemu start: default ports taken, so {} uses {}\n",
+                           req.inst.paths.display_name(), fmt::join(picked, ", "));
             const auto paths = req.inst.paths;
+            const auto effective = req.inst.config;
             auto outcome = run_on_context(start(std::move(req)));
             if (!outcome) return error_exit("start", outcome.error());
             const auto& r = *outcome;
@@ -105,7 +130,9 @@ void add_start(CLI::App& app, std::function<int()>& action) {
                           {"warm", r.warm},
                           {"warm_note", r.warm_note},
                           {"clock_note", r.clock_note},
+                          {"config_changes", r.config_changes},
                           {"peak_rss_kib", peak_rss_kib()}};
+                j.update(size_and_ports_json(effective));
                 if (r.pid) j["pid"] = *r.pid;
                 std::cout << j.dump(2) << std::endl;
             } else if (r.already_running && !r.failure.empty()) {

@@ -49,6 +49,7 @@ std::span<const command_entry> all_commands();
 
 // The root app's own settings: description, --version, one subcommand required.
 void configure_root(CLI::App& app);
+void add_config_commands(CLI::App& app, std::function<int()>& action);
 
 // Parses the command line with `commands` (in the order `--help` lists them) and runs the
 // chosen one: the whole of main(). When argv[1] names one of them only that one is built.

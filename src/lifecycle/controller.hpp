@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "lifecycle/instance_config.hpp"
 #include "lifecycle/instance_paths.hpp"
 #include "lifecycle/qemu_argv.hpp"
 #include "lifecycle/settings.hpp"
@@ -45,6 +46,10 @@ struct resolved_forward {
 };
 std::vector<resolved_forward> resolve_forwards(const provision::profile& p, const settings& s);
 
+// True while a QEMU of this instance runs (the one its last launch recorded, or a monitor
+// socket without such a record): its configuration can then not change. No lock, no monitor.
+bool vm_running(const instance_paths& paths);
+
 // True when a listening socket holds 127.0.0.1:port (as QEMU's host forward would need it).
 bool host_port_in_use(std::uint16_t port);
 
@@ -68,6 +73,11 @@ struct start_request {
     std::optional<std::uint64_t> disk_bytes;
     std::size_t tail_lines = 40;
     bool runtime_config = true;  // attach the STACKCFG ISO with the ports and settings
+    // The effective configuration, recorded in vm/config.json before QEMU is launched (nullopt
+    // for a VM that is no instance's, like build-image's), and what in it the flags and
+    // variables changed against the record: said, and refused while the VM runs.
+    std::optional<config_values> record;
+    std::vector<config_change> changes;
 };
 
 struct start_outcome {
@@ -84,6 +94,7 @@ struct start_outcome {
     bool warm = false;       // started from the saved ready state
     std::string warm_note;   // why the ready state was not used, when it exists
     std::string clock_note;  // a restored guest without an agent: its clock is behind
+    std::vector<std::string> config_changes;  // "RAM 1024 → 4096 MiB (from EMULATOR_RAM)"
 };
 // The snapshot `start` restores instead of booting (saved by `stackemu snapshot save --ready`).
 inline constexpr std::string_view ready_state_name = "stackemu-ready";

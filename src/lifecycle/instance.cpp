@@ -12,6 +12,7 @@
 #include "lifecycle/controller.hpp"
 #include "lifecycle/controller_detail.hpp"
 #include "lifecycle/files.hpp"
+#include "lifecycle/vm_process.hpp"
 
 namespace stackemu::lifecycle {
 
@@ -51,6 +52,15 @@ std::vector<resolved_forward> resolve_forwards(const provision::profile& p, cons
         out.push_back(std::move(r));
     }
     return out;
+}
+
+bool vm_running(const instance_paths& paths) {
+    if (const auto launched = detail::launched_identity(detail::read_state(paths))) {
+        auto process = open_launched(*launched);
+        return process || process.error().code != errc::not_found;
+    }
+    std::error_code ec;
+    return fs::exists(paths.qmp_socket, ec);
 }
 
 bool host_port_in_use(std::uint16_t port) {

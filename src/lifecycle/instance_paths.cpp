@@ -69,6 +69,7 @@ result<instance_paths> make_instance_paths(const std::filesystem::path& run_dir,
     paths.qemu_stderr_log = vm / "qemu-stderr.log";
     paths.events = vm / "events.jsonl";
     paths.state = vm / "state.json";
+    paths.config = vm / "config.json";
     paths.lock = vm / "lock";
 
     if (longest_socket_path(vm) <= max_socket_path) {

@@ -32,6 +32,7 @@ struct instance_paths {
     std::filesystem::path qemu_stderr_log;  // qemu-stderr.log: what QEMU said before daemonizing
     std::filesystem::path events;           // events.jsonl: one JSON object per event
     std::filesystem::path state;            // state.json
+    std::filesystem::path config;           // config.json: how the instance was made
     std::filesystem::path lock;             // lock: held by the stackemu command that owns the VM
 
     // vm_dir, or a short directory elsewhere when vm_dir is too long for sun_path. When

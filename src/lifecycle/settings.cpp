@@ -2,6 +2,7 @@
 #include "lifecycle/settings.hpp"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -174,7 +175,31 @@ host_facts host_facts::current() {
     facts.arch = architecture::arm64;
 #endif
     facts.cores = std::max(1u, std::thread::hardware_concurrency());
+    const long pages = ::sysconf(_SC_PHYS_PAGES);
+    const long page_size = ::sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page_size > 0)
+        facts.ram_mib = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size) /
+                        (1024 * 1024);
     return facts;
+}
+
+result<void> check_ram_fits_host(std::uint64_t ram_mib, std::string_view what,
+                                 const host_facts& host) {
+    if (host.ram_mib == 0 || ram_mib <= host.ram_mib) return {};
+    return fail(errc::invalid_argument,
+                fmt::format("{} {} MiB is more than this host's memory ({} MiB, {:.1f} GiB): "
+                            "give the guest at most {} MiB, and leave some for the host",
+                            what, ram_mib, host.ram_mib, static_cast<double>(host.ram_mib) / 1024,
+                            host.ram_mib));
+}
+
+result<void> check_cpus_fit_host(std::uint64_t cpus, std::string_view what,
+                                 const host_facts& host) {
+    if (host.cores == 0 || cpus <= host.cores) return {};
+    return fail(errc::invalid_argument,
+                fmt::format("{} {} is more vCPUs than this host has CPUs ({}): give the guest "
+                            "at most {}",
+                            what, cpus, host.cores, host.cores));
 }
 
 result<std::uint64_t> parse_decimal(std::string_view text, std::string_view what, std::uint64_t min,

@@ -33,6 +33,7 @@ env_lookup process_environment();
 struct host_facts {
     std::optional<architecture> arch;  // nullopt on a host that is neither amd64 nor arm64
     unsigned cores = 1;
+    std::uint64_t ram_mib = 0;  // physical memory; 0 when unknown (sizes are then not checked)
     static host_facts current();
 };
 
@@ -96,6 +97,12 @@ result<std::uint64_t> parse_decimal(std::string_view text, std::string_view what
                                     std::uint64_t max);
 // qemu-img's size syntax restricted to binary suffixes: "12G", "512M", "1T", or plain bytes.
 result<std::uint64_t> parse_disk_size(std::string_view text, std::string_view what);
+// A guest size the user asked for (`what`: "--ram", "EMULATOR_CPUS", "config set cpus") must
+// fit the host: more RAM than the host's physical memory, or more vCPUs than its CPUs, is
+// refused with the host's figures. Built-in defaults and profile recommendations are not.
+result<void> check_ram_fits_host(std::uint64_t ram_mib, std::string_view what,
+                                 const host_facts& host);
+result<void> check_cpus_fit_host(std::uint64_t cpus, std::string_view what, const host_facts& host);
 // Instance names become directory names and QEMU's -name: [A-Za-z0-9][A-Za-z0-9_.-]{0,31}.
 result<void> check_instance_name(std::string_view name, std::string_view what);
 // "~" and "~/x" expand from home; the result must be absolute.

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <asio.hpp>
 #include <cctype>
 #include <filesystem>
@@ -221,6 +222,33 @@ std::string describe_differences(const std::vector<fingerprint_difference>& diff
     for (const auto& d : differences)
         out += (out.empty() ? "" : "; ") + d.summary;
     return out;
+}
+
+std::string fit_hint(const std::vector<fingerprint_difference>& differences,
+                     std::string_view name_option) {
+    std::string flags;
+    std::string sets;
+    // fingerprint field -> start's flag and the instance setting.
+    constexpr std::array<std::array<std::string_view, 3>, 3> settable = {{
+        {"RAM (MiB)", "--ram", "ram"},
+        {"vCPUs", "--cpus", "cpus"},
+        {"accelerator", "--accel", "accel"},
+    }};
+    for (const auto& d : differences) {
+        const auto it =
+            std::ranges::find_if(settable, [&](const auto& s) { return s[0] == d.field; });
+        if (it == settable.end() || d.snapshot.empty()) continue;
+        const auto flag = (*it)[1];
+        const auto key = (*it)[2];
+        flags += fmt::format(" {} {}", flag, d.snapshot);
+        sets += fmt::format("{}`stackemu config set{} {} {}`", sets.empty() ? "" : " and ",
+                            name_option, key, d.snapshot);
+    }
+    if (flags.empty()) return {};
+    return fmt::format(
+        "to use it, start once with `stackemu start{}{}` (the instance records "
+        "it for later starts), or run {} while it is stopped",
+        name_option, flags, sets);
 }
 
 json to_json(const vm_fingerprint& f) {

@@ -65,6 +65,13 @@ std::vector<fingerprint_difference> compare_fingerprints(const vm_fingerprint& s
 // "RAM (MiB): snapshot 512, this VM 640; vCPUs: snapshot 1, this VM 2".
 std::string describe_differences(const std::vector<fingerprint_difference>& differences);
 
+// What makes a saved state with these differences fit again, when a setting decides it (RAM,
+// vCPUs, accelerator): "start once with `--ram 1024 --cpus 2` (recorded for later starts), or
+// `stackemu config set ram 1024` and ...". Empty when no setting can (another QEMU, image or
+// device set). `name_option`: "" or " --name b".
+std::string fit_hint(const std::vector<fingerprint_difference>& differences,
+                     std::string_view name_option);
+
 nlohmann::json to_json(const vm_fingerprint& f);
 std::optional<vm_fingerprint> fingerprint_from_json(const nlohmann::json& j);
 

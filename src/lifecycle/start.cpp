@@ -183,6 +183,25 @@ result<provision::manifest> preflight(const settings& s, const instance_paths& p
     return m;
 }
 
+// The instance's configuration as this start runs it, in vm/config.json: written the first
+// time and whenever a flag or variable changed it, never otherwise (a fall-back to a cold boot
+// changes nothing in it). Keys another version wrote stay.
+result<void> record_configuration(const instance_paths& paths, const config_values& values,
+                                  const progress_sink& say) {
+    auto existing = read_record(paths.config);
+    if (!existing) return fail(existing.error());
+    const auto before = *existing ? (*existing)->document : json::object();
+    const auto after = updated_document(before, values);
+    if (*existing && after == before) return {};
+    if (auto written = write_record(paths.config, after); !written) return written;
+    if (!*existing && say)
+        say(
+            fmt::format("recorded the instance's configuration in {} (`stackemu config show` "
+                        "explains it)",
+                        paths.config.string()));
+    return {};
+}
+
 fs::path cache_dir() {
     if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return fs::path(x) / "stackemu";
     const char* home = std::getenv("HOME");
@@ -429,8 +448,12 @@ asio::awaitable<result<void>> ready_state_usable(qmp::client& c, instance_paths 
     const auto current = fingerprint_from_argv(argv, c.version().to_string(), accel, build_id);
     const auto verdict = judge_compatibility(*it, find_record(records, *it), current);
     if (verdict.compatible.value_or(false)) co_return result<void>{};
-    co_return fail(errc::incompatible,
-                   verdict.reason.empty() ? "its compatibility is unknown" : verdict.reason);
+    std::string why = verdict.reason.empty() ? "its compatibility is unknown" : verdict.reason;
+    // Name the setting that would make it fit: fast start is lost by a forgotten flag (12.4).
+    const auto hint =
+        fit_hint(verdict.differences, paths.name.empty() ? "" : " --name " + paths.name);
+    if (!hint.empty()) why += "; " + hint;
+    co_return fail(errc::incompatible, why);
 }
 
 // Long enough for a "quiet" kernel and a slow userland under TCG on a busy runner (the demo
@@ -720,6 +743,10 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
         auto share = resolve_host_share(*req.share, *m);
         if (!share) co_return fail(share.error());
         req.share = std::move(*share);
+        // The record keeps the directory as QEMU opens it.
+        if (req.record)
+            if (auto it = req.record->find("share"); it != req.record->end())
+                it->second.value = req.share->dir.string();
     }
 
     for (const auto& dir : {s.run_dir, paths.instance_dir, paths.vm_dir, paths.socket_dir})
@@ -733,6 +760,9 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     if (fs::exists(paths.qmp_socket, ec)) {
         auto vm = co_await detail::connect_vm(paths, qemu, 3000ms);
         if (vm) {
+            const auto refusal =
+                running_refusal(req.changes, paths.name.empty() ? "" : " --name " + paths.name);
+            if (!refusal.empty()) co_return fail(errc::wrong_state, refusal);
             out.already_running = true;
             out.pid = vm->process->pid();
             auto st = co_await qmp::query_status(*vm->qmp);
@@ -774,6 +804,16 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
 
     const auto forwards = resolve_forwards(m->prof, s);
     if (auto free = check_ports_free(forwards); !free) co_return fail(free.error());
+
+    std::vector<std::string> config_changes;
+    if (req.record) {
+        auto recorded = record_configuration(paths, *req.record, say);
+        if (!recorded) co_return fail(recorded.error());
+        for (const auto& c : req.changes) {
+            config_changes.push_back(describe(c));
+            say(config_changes.back());
+        }
+    }
 
     const auto host = host_facts::current();
     accel_probe_inputs probe_in;
@@ -862,6 +902,7 @@ asio::awaitable<result<start_outcome>> start(start_request req) {
     }
     if (!attempt) co_return fail(attempt.error());
     attempt->outcome.accel_reason = accel->reason;
+    attempt->outcome.config_changes = std::move(config_changes);
     co_return attempt->outcome;
 }
 

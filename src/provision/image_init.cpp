@@ -84,6 +84,7 @@ result<manifest> manifest_for_init(const image_init_spec& spec) {
     m.prof.failure_markers = spec.failure_markers;
     m.prof.match = spec.match;
     m.prof.agent = spec.agent;
+    m.prof.recommended = spec.recommended;
     m.base_source = "image init";
     m.build_id = sha256_hex(spec.identity).substr(0, 16);
     m.created = spec.created;

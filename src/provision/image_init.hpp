@@ -26,7 +26,8 @@ struct image_init_spec {
     std::vector<std::string> failure_markers;
     marker_match match = marker_match::prefix;
     bool agent = false;
-    std::string identity;  // what the files are (paths, sizes, times): hashed into build_id
+    resources recommended;  // --ram / --cpus: the VM size an instance gets without flags
+    std::string identity;   // what the files are (paths, sizes, times): hashed into build_id
     std::string created;
     std::string stackemu_version;
 };

@@ -28,13 +28,23 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 }
 
 // Names users bring from QEMU or other tools for keys that are spelled otherwise here.
-constexpr std::array<std::pair<std::string_view, std::string_view>, 6> synonyms = {{
+// An alias may be listed more than once: the first whose meaning is a known key here wins.
+constexpr std::array<std::pair<std::string_view, std::string_view>, 14> synonyms = {{
     {"append", "cmdline"},
     {"command_line", "cmdline"},
     {"bios", "mode"},
     {"ready", "ready_marker"},
     {"failure_marker", "failure_markers"},
     {"ports", "forwards"},
+    // A profile's recommended VM size (profile.resources) and an instance's settings.
+    {"recommended", "resources"},
+    {"size", "resources"},
+    {"memory", "ram_mib"},
+    {"ram", "ram_mib"},
+    {"memory", "ram"},
+    {"ram_mib", "ram"},
+    {"vcpus", "cpus"},
+    {"smp", "cpus"},
 }};
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "provision/known_keys.hpp"
 #include "provision/profile_json.hpp"
@@ -37,7 +38,8 @@ std::string_view to_string(marker_match m) {
 }
 
 const std::vector<std::string_view> profile_runtime_keys = {
-    "name", "forwards", "probes", "ready_marker", "failure_markers", "marker_match", "agent"};
+    "name",         "forwards", "probes",   "ready_marker", "failure_markers",
+    "marker_match", "agent",    "resources"};
 
 result<profile> profile_from_json(const json& j, std::string_view document, std::string_view prefix,
                                   const std::vector<std::string_view>& also_known) {
@@ -156,6 +158,26 @@ result<profile> profile_from_json(const json& j, std::string_view document, std:
     if (auto it = j.find("agent"); it != j.end()) {
         if (!it->is_boolean()) return bad("agent", "must be true or false");
         p.agent = it->get<bool>();
+    }
+    if (auto it = j.find("resources"); it != j.end()) {
+        if (!it->is_object())
+            return bad("resources", "must be an object like {\"ram_mib\": 1024, \"cpus\": 2}");
+        if (auto ok = check_known_keys(*it, {"ram_mib", "cpus"}, document,
+                                       fmt::format("{}resources.", prefix));
+            !ok)
+            return std::unexpected(ok.error());
+        for (auto [field, lo, hi, slot] :
+             {std::tuple{"ram_mib", min_resource_ram_mib, max_resource_ram_mib,
+                         &p.recommended.ram_mib},
+              std::tuple{"cpus", std::uint32_t{1}, max_resource_cpus, &p.recommended.cpus}}) {
+            auto v = it->find(field);
+            if (v == it->end()) continue;
+            if (!v->is_number_unsigned() || v->get<std::uint64_t>() < lo ||
+                v->get<std::uint64_t>() > hi)
+                return bad(fmt::format("resources.{}", field),
+                           fmt::format("must be a whole number from {} to {}", lo, hi));
+            *slot = static_cast<std::uint32_t>(v->get<std::uint64_t>());
+        }
     }
     return p;
 }
@@ -287,6 +309,11 @@ std::string to_json_text(const manifest& m, const fs::path& dir) {
               {"stackemu_version", m.stackemu_version},
               {"created", m.created}};
     if (!m.recipe.empty()) j["recipe"] = m.recipe;
+    // Only when the profile recommends a size: manifests without one stay as they were.
+    json resources = json::object();
+    if (m.prof.recommended.ram_mib) resources["ram_mib"] = *m.prof.recommended.ram_mib;
+    if (m.prof.recommended.cpus) resources["cpus"] = *m.prof.recommended.cpus;
+    if (!resources.empty()) j["profile"]["resources"] = resources;
     return j.dump(2) + "\n";
 }
 

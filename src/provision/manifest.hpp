@@ -36,6 +36,18 @@ struct probe {
 enum class marker_match { prefix, exact };
 std::string_view to_string(marker_match m);
 
+// The VM size the payload needs (`resources` in profile.json and the manifest's profile): an
+// instance created without --ram/--cpus gets it. Unset: the built-in default (4096 MiB, 4).
+struct resources {
+    std::optional<std::uint32_t> ram_mib;
+    std::optional<std::uint32_t> cpus;
+    bool operator==(const resources&) const = default;
+};
+// The same limits as the --ram and --cpus flags (src/lifecycle/settings.hpp).
+inline constexpr std::uint32_t min_resource_ram_mib = 128;
+inline constexpr std::uint32_t max_resource_ram_mib = 1048576;
+inline constexpr std::uint32_t max_resource_cpus = 256;
+
 struct profile {
     std::string name;
     std::vector<forward> forwards;
@@ -44,6 +56,7 @@ struct profile {
     std::vector<std::string> failure_markers;
     marker_match match = marker_match::prefix;  // for the ready and failure markers
     bool agent = false;                         // the guest agent must answer before "ready"
+    resources recommended;                      // the VM size the payload needs
 };
 
 struct kernel_files {

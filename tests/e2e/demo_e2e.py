@@ -18,6 +18,9 @@ Scenarios:
              -> every row there; each stop ends on its first rung (the guest shut itself down)
              and PostgreSQL's log at the next start reports that cycle's clean shutdown and no
              crash recovery
+  warm       start the way scripts/run does (no --ram/--cpus: the profile's recommended size,
+             recorded by the instance), `snapshot save stackemu-ready`, `stop`, a plain
+             `start --json`: it says "warm": true (from the JSON, never from a timing)
 The demo image is cached in ${XDG_CACHE_HOME:-~/.cache}/stackemu/e2e-demo/<key>/ where the key
 hashes the profile, the base recipe code and build-image's code.
 """
@@ -292,6 +295,69 @@ def scenario_share(stackemu, tmp):
         inst.cleanup()
 
 
+def default_image_dir(tmp):
+    """An EMULATOR_IMAGE_DIR whose built image (stack-emulator-<arch>) is the cached demo image,
+    so that a start without --image takes it, as after `scripts/run`'s build-image. The
+    manifest is a copy with absolute paths; the disk is the cached one (linked, not copied)."""
+    image = demo_image()
+    manifest_path = image[:-len(".qcow2")] + ".json"
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    base = os.path.dirname(manifest_path)
+    manifest["disk"] = os.path.join(base, manifest["disk"])
+    if manifest["boot"]["mode"] == "kernel":
+        for key in ("kernel", "initrd"):
+            manifest["boot"][key] = os.path.join(base, manifest["boot"][key])
+    images = os.path.join(tmp, "images")
+    os.makedirs(images, exist_ok=True)
+    name = f"stack-emulator-{manifest['arch']}"
+    os.symlink(manifest["disk"], os.path.join(images, name + ".qcow2"))
+    with open(os.path.join(images, name + ".json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+    return images, manifest
+
+
+def scenario_warm(stackemu, tmp):
+    images, manifest = default_image_dir(tmp)
+    recommended = manifest["profile"].get("resources")
+    check(recommended == {"ram_mib": 1024, "cpus": 2},
+          f"the demo image's manifest does not carry the profile's size: {recommended}")
+    inst = DemoInstance(stackemu, demo_image(), tmp)
+    inst.env["EMULATOR_IMAGE_DIR"] = images
+    for var in ("EMULATOR_RAM", "EMULATOR_RAM_MB", "EMULATOR_CPUS", "EMULATOR_ARCH"):
+        inst.env.pop(var, None)
+    try:
+        # What scripts/run runs after its build-image: a plain start.
+        p, _ = inst.run("start", "--json", timeout=400)
+        check(p.returncode == 0, f"start failed: {p.stdout} {p.stderr}")
+        out = json.loads(p.stdout)
+        check(out["ram_mib"] == 1024 and out["cpus"] == 2,
+              f"a start without size flags did not take the profile's size: {out}")
+        log(f"cold start to ready: {out['total_ms']:.0f} ms")
+        p, _ = inst.run("snapshot", "save", "stackemu-ready", "--json", timeout=600)
+        check(p.returncode == 0, f"snapshot save stackemu-ready failed: {p.stdout} {p.stderr}")
+        p, _ = inst.run("stop", "--json")
+        check(p.returncode == 0 and json.loads(p.stdout)["clean"], f"stop: {p.stdout} {p.stderr}")
+        # No flag at all: the instance's record gives the same size, so the state fits.
+        p, _ = inst.run("start", "--json", timeout=400)
+        check(p.returncode == 0, f"the plain start failed: {p.stdout} {p.stderr}")
+        out = json.loads(p.stdout)
+        check(out["warm"] is True,
+              f"the plain start did not resume the ready state: {out['warm_note']} {p.stderr}")
+        check(out["ram_mib"] == 1024 and out["cpus"] == 2 and not out["config_changes"],
+              f"the plain start changed the instance: {out}")
+        log(f"warm start to ready: {out['total_ms']:.0f} ms")
+        p, _ = inst.run("config", "show", "--json")
+        check(p.returncode == 0, f"config show failed: {p.stderr}")
+        shown = json.loads(p.stdout)["settings"]
+        check(shown["ram"]["source"] == "record" and shown["cpus"]["source"] == "record",
+              f"config show: {shown['ram']} {shown['cpus']}")
+        p, _ = inst.run("stop")
+        check(p.returncode == 0, f"final stop was not clean: {p.stdout}")
+    finally:
+        inst.cleanup()
+
+
 SCENARIOS = {
     "build": scenario_build,
     "fail": scenario_fail,
@@ -299,6 +365,7 @@ SCENARIOS = {
     "restore": scenario_restore,
     "share": scenario_share,
     "durability": scenario_durability,
+    "warm": scenario_warm,
 }
 
 

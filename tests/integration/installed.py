@@ -103,6 +103,9 @@ def main():
         check(r.returncode == 0 and r.stdout == "stackemu 0.1.0\n", "--version (one-shot binary)")
         r = run("list")
         check(r.returncode == 0, "list (one-shot binary)", f"{r.returncode} {r.stderr}")
+        r = run("config", "show", "--json")
+        check(r.returncode == 0 and json.loads(r.stdout)["settings"]["ram"]["source"] == "default",
+              "config show (one-shot binary)", f"{r.returncode} {r.stdout} {r.stderr}")
         r = run("build-image", "--profile", "demo", "--help")
         check(r.returncode == 0 and "--profile" in r.stdout,
               "build-image --profile demo --help (full binary)", f"{r.returncode} {r.stderr}")

@@ -25,6 +25,7 @@
 
 #include "lifecycle/exit_codes.hpp"
 #include "lifecycle/process.hpp"
+#include "lifecycle/settings.hpp"
 #include "support/cli_harness.hpp"
 
 namespace {
@@ -864,6 +865,97 @@ std::vector<bad_case> command_line_cases() {
     };
 }
 
+// The instance's configuration (issue 12): the record, `config set/reset`, and sizes the
+// host cannot give. The record of an instance that ran stays exactly as it was.
+std::vector<bad_case> config_cases() {
+    const auto host = stackemu::lifecycle::host_facts::current();
+    const auto too_much_ram =
+        std::to_string(std::min<std::uint64_t>(host.ram_mib + 1, stackemu::lifecycle::max_ram_mib));
+    const auto too_many_cpus = std::to_string(std::min(host.cores + 1, 255u));
+    const auto damage_record = [](case_context& ctx) {
+        ctx.start_and_stop_vm();
+        write_text(ctx.sb.vm_dir() / "config.json", "{\"settings\": {\"ram\": 5");
+    };
+    return {
+        {.what = "config set of an unknown key",
+         .args = {"config", "set", "rma", "512"},
+         .message = {"'rma' is not a setting of an instance: did you mean 'ram'?",
+                     "(the settings: image, arch, ram, cpus"}},
+        {.what = "config reset of an unknown key",
+         .args = {"config", "reset", "memory"},
+         .message = {"'memory' is not a setting of an instance: did you mean 'ram'?"}},
+        {.what = "config set with a value that is no number",
+         .args = {"config", "set", "ram", "lots"},
+         .message = {"config set ram must be a plain decimal number", "'lots'"}},
+        {.what = "config set with a value out of range",
+         .args = {"config", "set", "backend_port", "70000"},
+         .message = {"config set backend_port must be between 1 and 65535 (got 70000)"}},
+        {.what = "config set of an unknown accelerator",
+         .args = {"config", "set", "accel", "xen"},
+         .message = {"config set accel: unknown accelerator 'xen'"}},
+        {.what = "config set of an image that does not exist",
+         .args = {"config", "set", "image", "{images}/none.qcow2"},
+         .message = {"no image at {images}/none.qcow2"}},
+        {.what = "config set of a share that is no directory",
+         .args = {"config", "set", "share", "{image}"},
+         .message = {"config set share {image}: not an existing directory"}},
+        {.what = "config set of a port another forward has",
+         .args = {"config", "set", "backend_port", "{port.dashboard}"},
+         .env = {{"EMULATOR_BACKEND_PORT", std::nullopt}},
+         .prepare = [](case_context& ctx) { ctx.start_and_stop_vm(); },
+         .message = {"are both {port.dashboard}; give each service its own port"}},
+        {.what = "config set on a running instance",
+         .args = {"config", "set", "ram", "1024"},
+         .prepare = [](case_context& ctx) { ctx.start_vm(); },
+         .exit_code = exit_code::error,
+         .message = {"default is running, so its configuration cannot change: run `stackemu "
+                     "stop` first"},
+         .check = disk_check::except_vm_logs},
+        {.what = "config reset on a running instance",
+         .args = {"config", "reset", "cpus"},
+         .prepare = [](case_context& ctx) { ctx.start_vm(); },
+         .exit_code = exit_code::error,
+         .message = {"default is running, so its configuration cannot change"},
+         .check = disk_check::except_vm_logs},
+        {.what = "start changing the RAM of a running instance",
+         .args = start_with({"--ram", "640", "--cpus", "1", "-q"}),
+         .prepare = [](case_context& ctx) { ctx.start_vm(); },
+         .exit_code = exit_code::error,
+         .message = {"RAM 512 → 640 MiB (from --ram) needs a new VM: run `stackemu stop` and "
+                     "then `stackemu start --ram 640`"},
+         .check = disk_check::except_vm_logs},
+        {.what = "a damaged instance configuration",
+         .args = start_with({}),
+         .prepare = damage_record,
+         .message = {"the instance configuration {run}/vm/config.json is damaged (not a JSON "
+                     "object)",
+                     "move it away", "nothing was changed"}},
+        {.what = "config show of a damaged instance configuration",
+         .args = {"config", "show"},
+         .prepare = damage_record,
+         .message = {"{run}/vm/config.json is damaged"}},
+        {.what = "--ram above the host's memory",
+         .args = start_with({"--ram", too_much_ram}),
+         .message = {"--ram " + too_much_ram + " MiB is more than this host's memory (" +
+                     std::to_string(host.ram_mib) + " MiB"}},
+        {.what = "--cpus above the host's CPUs",
+         .args = start_with({"--cpus", too_many_cpus}),
+         .message = {"--cpus " + too_many_cpus + " is more vCPUs than this host has CPUs (" +
+                     std::to_string(host.cores) + ")"}},
+        {.what = "EMULATOR_RAM above the host's memory",
+         .args = start_with({}),
+         .env = {{"EMULATOR_RAM", too_much_ram}},
+         .message = {"EMULATOR_RAM " + too_much_ram + " MiB is more than this host's memory"}},
+        {.what = "EMULATOR_CPUS above the host's CPUs",
+         .args = start_with({}),
+         .env = {{"EMULATOR_CPUS", too_many_cpus}},
+         .message = {"EMULATOR_CPUS " + too_many_cpus + " is more vCPUs than this host has"}},
+        {.what = "config set cpus above the host's CPUs",
+         .args = {"config", "set", "cpus", too_many_cpus},
+         .message = {"config set cpus " + too_many_cpus + " is more vCPUs than this host has"}},
+    };
+}
+
 }  // namespace
 
 TEST_CASE("bad input: options and settings with invalid values", "[bad-input]") {
@@ -898,11 +990,15 @@ TEST_CASE("bad input: the command line of every subcommand", "[bad-input]") {
     run_table(command_line_cases());
 }
 
+TEST_CASE("bad input: the instance configuration and sizes the host cannot give", "[bad-input]") {
+    run_table(config_cases());
+}
+
 TEST_CASE("bad input: the table covers at least 45 cases", "[bad-input]") {
-    const std::size_t total = option_cases().size() + port_and_name_cases().size() +
-                              image_cases().size() + run_dir_cases().size() +
-                              snapshot_name_cases().size() + qmp_and_console_cases().size() +
-                              command_line_cases().size() + image_init_cases().size();
+    const std::size_t total =
+        option_cases().size() + port_and_name_cases().size() + image_cases().size() +
+        run_dir_cases().size() + snapshot_name_cases().size() + qmp_and_console_cases().size() +
+        command_line_cases().size() + image_init_cases().size() + config_cases().size();
     INFO(total << " cases");
     CHECK(total >= 45);
 }
