@@ -225,9 +225,10 @@ int run_set(const instance_options& o, const std::string& key_name, const std::s
                   << std::endl;
     } else {
         fmt::print("{}: {} {} → {}{}{}: recorded in {}; the next start uses it{}\n",
-                   c.inst.paths.display_name(), key.name, value_text(before), value_text(*value),
-                   key.unit.empty() ? "" : " ", key.unit, c.inst.paths.config.string(),
-                   overridden_note(*effective, key.name));
+                   c.inst.paths.display_name(), key.name,
+                   before.is_null() ? std::string("(not recorded)") : value_text(before),
+                   value_text(*value), key.unit.empty() ? "" : " ", key.unit,
+                   c.inst.paths.config.string(), overridden_note(*effective, key.name));
     }
     return exit_code::ok;
 }

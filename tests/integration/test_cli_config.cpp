@@ -277,7 +277,7 @@ TEST_CASE("stackemu config show, set and reset", "[cli][config]") {
         CHECK(set.code == 0);
     }
     auto set = sb.run({"config", "set", "ready_timeout", "50"});
-    CHECK_THAT(set.out, Catch::Contains("ready_timeout none → 50 s") &&
+    CHECK_THAT(set.out, Catch::Contains("ready_timeout (not recorded) → 50 s") &&
                             Catch::Contains("EMULATOR_READY_TIMEOUT=60 is set and overrides it"));
     auto shown = run_json(sb, {"config", "show", "--json"});
     CHECK(shown["settings"]["ram"]["value"] == 768);
