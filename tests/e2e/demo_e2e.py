@@ -136,11 +136,8 @@ def scenario_fail(stackemu, tmp):
                  if not f.startswith("build-logs")] if os.path.isdir(os.path.dirname(out_image)) else []
     check(not leftovers, f"files left where the image would go: {leftovers}")
     check(not cli_e2e.Instance(stackemu, out_image, tmp).qemu_pids(), "a QEMU was left running")
-    # Human output: the cause and the lines, on stderr.
-    p = subprocess.run([stackemu, "build-image", "--profile", FAIL_PROFILE, "--output", out_image],
-                       env=env, capture_output=True, text=True, timeout=1800)
-    check(p.returncode == 6 and "last" in p.stderr and "no image was written" in p.stderr,
-          f"human failure report: {p.stderr[-2000:]}")
+    # The human form of this report is checked against the fake QEMU (integration tier,
+    # "build-image: a failure marker is reported ..."): a second build here took 2-3 min of CI.
 
 
 def health(inst):

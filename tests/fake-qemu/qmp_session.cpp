@@ -168,10 +168,11 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
     }
     auto response = dispatcher_.handle(item);
     if (!response.reply) co_return;
-    if (options_.huge && response.command == options_.huge->command &&
-        response.reply->contains("return")) {
-        (*response.reply)["return"] = huge_schema(options_.huge->bytes);
-    }
+    const bool huge = options_.huge && response.command == options_.huge->command &&
+                      response.reply->contains("return");
+    // The huge list is spliced into the framed reply as text, in place of this placeholder.
+    static constexpr std::string_view huge_placeholder = "\"x-fake-huge-reply\"";
+    if (huge) (*response.reply)["return"] = "x-fake-huge-reply";
     if (options_.delay_reply && response.command == options_.delay_reply->command) {
         asio::steady_timer t(socket_.get_executor());
         t.expires_after(options_.delay_reply->delay);
@@ -191,7 +192,12 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
     }
     if (faulted && fault_->what == wire_fault::kind::wrong_id)
         (*response.reply)["id"] = "fault-wrong-id";
-    enqueue(shaper_.frame(*response.reply));
+    auto framed = shaper_.frame(*response.reply);
+    if (huge) {
+        if (const auto at = framed.find(huge_placeholder); at != std::string::npos)
+            framed.replace(at, huge_placeholder.size(), huge_schema_text(options_.huge->bytes));
+    }
+    enqueue(std::move(framed));
 }
 
 asio::awaitable<void> qmp_session::run() {

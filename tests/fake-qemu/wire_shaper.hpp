@@ -24,7 +24,8 @@ class wire_shaper {
     std::size_t count_ = 0;
 };
 
-// A `bytes`-sized reply of schema-like entries, for clients with small line or message caps.
-value huge_schema(std::size_t bytes);
+// A `bytes`-sized JSON array of schema-like entries, as compact text, for clients with small line
+// or message caps.
+std::string huge_schema_text(std::size_t bytes);
 
 }  // namespace stackemu::fake

@@ -276,21 +276,27 @@ TEST_CASE("fault matrix: stop killed while it saves the ready state", "[fault][k
 
 // ---- QEMU killed ----
 
+// A profile directory for build-image whose provisioning the fake's console script plays out.
+fs::path write_provisioning_profile(const fs::path& dir, std::string_view name) {
+    fs::create_directories(dir);
+    std::ofstream(dir / "profile.json") << fmt::format(R"({{
+        "name": "{}", "forwards": [], "probes": [], "agent": true,
+        "ready_marker": "STACK_EMULATOR_READY", "failure_markers": ["STACK_CLOUD_INIT_FAILED"],
+        "provision": {{"done_marker": "STACK_CLOUD_INIT_DONE",
+                      "failed_marker": "STACK_CLOUD_INIT_FAILED",
+                      "progress_prefix": "STACK_PROGRESS "}}}})",
+                                                       name);
+    std::ofstream(dir / "user-data") << "#cloud-config\n{}\n";
+    std::ofstream(dir / "meta-data") << fmt::format("instance-id: {}\n", name);
+    return dir;
+}
+
 // build-image killed while the guest provisions: its VM runs on under the instance
 // build-<profile>; the next build refuses with the command that ends it; once it is stopped a
 // build succeeds, and files a killed build left half-written are removed (never published).
 TEST_CASE("fault matrix: build-image killed while it provisions", "[fault][kill-controller]") {
     sandbox sb;
-    const fs::path profile = sb.dir / "profile";
-    fs::create_directories(profile);
-    std::ofstream(profile / "profile.json") << R"({
-        "name": "killtest", "forwards": [], "probes": [], "agent": true,
-        "ready_marker": "STACK_EMULATOR_READY", "failure_markers": ["STACK_CLOUD_INIT_FAILED"],
-        "provision": {"done_marker": "STACK_CLOUD_INIT_DONE",
-                      "failed_marker": "STACK_CLOUD_INIT_FAILED",
-                      "progress_prefix": "STACK_PROGRESS "}})";
-    std::ofstream(profile / "user-data") << "#cloud-config\n{}\n";
-    std::ofstream(profile / "meta-data") << "instance-id: killtest\n";
+    const fs::path profile = write_provisioning_profile(sb.dir / "profile", "killtest");
     const fs::path out_dir = sb.dir / "out";
     const fs::path image = out_dir / "killtest.qcow2";
     const std::vector<std::string> build{
@@ -332,6 +338,31 @@ TEST_CASE("fault matrix: build-image killed while it provisions", "[fault][kill-
     CHECK_FALSE(fs::exists(abandoned));
     CHECK(fs::exists(in_progress));
     CHECK_THAT(built.err, Catch::Contains("left by a build that was killed"));
+    CHECK(sb.no_fakes_left());
+}
+
+// The human report of a failed provisioning (the e2e tier checks the JSON one on a real guest):
+// the cause, the guest's last lines, where the logs are, and that nothing was written.
+TEST_CASE("build-image: a failure marker is reported with the guest's lines, nothing written",
+          "[fault]") {
+    sandbox sb;
+    const fs::path profile = write_provisioning_profile(sb.dir / "profile", "failtest");
+    const fs::path image = sb.dir / "out" / "failtest.qcow2";
+    sb.fake = json{{"console", json::array({console_step(20, "STACK_PROGRESS installing"),
+                                            console_step(20, "apt-get: no such package"),
+                                            console_step(20, "STACK_CLOUD_INIT_FAILED")})}};
+    const auto r =
+        sb.run({"build-image", "--profile", profile.string(), "--base",
+                (sb.dir / "base.qcow2").string(), "--output", image.string(), "--accel", "tcg"});
+    INFO(r.err);
+    CHECK(r.code == exit_code::failed);
+    CHECK_THAT(r.err, Catch::Contains("stackemu build-image: failed:"));
+    CHECK_THAT(r.err, Catch::Contains("STACK_CLOUD_INIT_FAILED"));
+    CHECK_THAT(r.err, Catch::Contains("console lines ---"));
+    CHECK_THAT(r.err, Catch::Contains("apt-get: no such package"));
+    CHECK_THAT(r.err, Catch::Contains("no image was written"));
+    CHECK_FALSE(fs::exists(image));
+    CHECK_FALSE(fs::exists(sb.dir / "out" / "failtest.json"));
     CHECK(sb.no_fakes_left());
 }
 
