@@ -153,7 +153,7 @@ def p50(values):
     return v[len(v) // 2] if v else None
 
 
-def summarise(runs):
+def summarise(runs, top):
     summary = {"start_total_s": p50(r["start_total_s"] for r in runs),
                "stop_s": p50(r.get("stop_s") for r in runs)}
     for part in ("host_phases_s", "kernel", "systemd"):
@@ -166,8 +166,7 @@ def summarise(runs):
             units.setdefault(u["unit"], []).append(u["s"])
     if units:
         ranked = sorted(units.items(), key=lambda kv: -p50(kv[1]))
-        summary["slowest_units_p50_s"] = {u: p50(v) for u, v in ranked[:len(runs[0].get(
-            "slowest_units", []))]}
+        summary["slowest_units_p50_s"] = {u: p50(v) for u, v in ranked[:top]}
     return summary
 
 
@@ -192,7 +191,7 @@ def main():
              f"systemd {run.get('systemd', {})}")
         runs.append(run)
     print(json.dumps({"image": os.path.abspath(args.image), "runs": runs,
-                      "p50": summarise(runs),
+                      "p50": summarise(runs, args.top),
                       "load_avg_1min": os.getloadavg()[0],
                       "wall_s": round(time.monotonic() - t0, 1)}, indent=2))
 

@@ -171,8 +171,8 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
     const bool huge = options_.huge && response.command == options_.huge->command &&
                       response.reply->contains("return");
     // The huge list is spliced into the framed reply as text, in place of this placeholder.
-    static constexpr std::string_view huge_placeholder = "\"x-fake-huge-reply\"";
-    if (huge) (*response.reply)["return"] = "x-fake-huge-reply";
+    static constexpr std::string_view huge_placeholder = "x-fake-huge-reply";
+    if (huge) (*response.reply)["return"] = huge_placeholder;
     if (options_.delay_reply && response.command == options_.delay_reply->command) {
         asio::steady_timer t(socket_.get_executor());
         t.expires_after(options_.delay_reply->delay);
@@ -194,8 +194,9 @@ asio::awaitable<void> qmp_session::process(const json_reader::item& item) {
         (*response.reply)["id"] = "fault-wrong-id";
     auto framed = shaper_.frame(*response.reply);
     if (huge) {
-        if (const auto at = framed.find(huge_placeholder); at != std::string::npos)
-            framed.replace(at, huge_placeholder.size(), huge_schema_text(options_.huge->bytes));
+        const auto quoted = fmt::format("\"{}\"", huge_placeholder);
+        if (const auto at = framed.find(quoted); at != std::string::npos)
+            framed.replace(at, quoted.size(), huge_schema_text(options_.huge->bytes));
     }
     enqueue(std::move(framed));
 }
